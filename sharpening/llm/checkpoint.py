@@ -1,0 +1,115 @@
+"""Checkpoints of a training run, written atomically, and resuming without losing or repeating a step.
+
+    run_dir/checkpoints/step_000020/   model.safetensors + config.json + tokenizer (a loadable HF folder)
+                                       trainer_state.pt: step, optimizer, scheduler, RNG states, bad-step count
+
+A checkpoint is written into a temp folder next to its final place and renamed when complete, so a run
+killed mid-save leaves either the previous checkpoints or the new one, never half of one. Resuming loads
+the newest checkpoint and cuts metrics.jsonl back to the lines of steps <= its step: the steps after it are
+run (and logged) again, exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sharpening.llm.config import write_atomic
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+STATE_FILE = "trainer_state.pt"
+
+
+def checkpoint_dirs(run_dir) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).exists()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[-1] if dirs else None
+
+
+def rng_states() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, scheduler, extra=None, keep: int = 2) -> Path:
+    """Write checkpoints/step_<step> atomically and delete all but the `keep` newest checkpoints."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"step_{step:06d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-step_{step:06d}-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": rng_states(), **(extra or {})}
+        torch.save(state, tmp / STATE_FILE)
+        if target.exists():  # a re-run of the same step after a resume: the new one replaces it
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(path, model, optimizer, scheduler) -> dict:
+    """Load weights, optimizer, scheduler and RNG states from a checkpoint folder; returns its state dict."""
+    path = Path(path)
+    load_weights(model, path)
+    state = torch.load(path / STATE_FILE, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_states(state["rng"])
+    return state
+
+
+def load_weights(model, folder) -> None:
+    """Load every *.safetensors shard of `folder` into `model`; only tied copies (lm_head = embeddings) may be absent."""
+    from safetensors.torch import load_file
+
+    device = str(next(model.parameters()).device)
+    weights = {}
+    for shard in sorted(Path(folder).glob("*.safetensors")):
+        weights.update(load_file(shard, device=device))
+    missing = model.load_state_dict(weights, strict=False).missing_keys
+    params = model.state_dict()
+    loaded_ptrs = {params[k].data_ptr() for k in params if k not in missing}
+    untied = [k for k in missing if params[k].data_ptr() not in loaded_ptrs]
+    if untied:
+        raise ValueError(f"checkpoint {str(folder)!r} lacks weights {untied[:5]}{'...' if len(untied) > 5 else ''}")
+
+
+def truncate_metrics(path, step: int) -> int:
+    """Keep the metrics lines of steps <= step (atomically); returns how many lines were dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = [line for line in lines if json.loads(line)["step"] <= step]
+    write_atomic(path, "".join(line + "\n" for line in keep))
+    return len(lines) - len(keep)

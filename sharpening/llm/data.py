@@ -1,0 +1,164 @@
+"""Math problems: the bundled benchmarks (JSONL), Hugging Face datasets, a synthetic arithmetic task, and the
+paper's prompt.
+
+    load_problems("math500")                 a bundled benchmark, under $SHARPENING_DATA or ../shared/data
+    load_problems("path/to/file.jsonl")      any JSONL with the fields id, problem, answer
+    load_problems("synthetic:add", seed=1)   arithmetic with exact answers (synthetic:<task>[:<digits>])
+    load_problems("HuggingFaceH4/MATH-500")  a Hugging Face dataset (needs `datasets` and its local cache)
+    format_prompt(tokenizer, problem)        the paper's template through the model's chat template
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+PAPER_TEMPLATE = (
+    "Think step-by-step to solve the following problem. Output your answer inside of \\boxed{} tags.:\n"
+    "{problem}\n\nLet's think step-by-step"
+)
+
+BENCHMARKS = ("math500", "minerva_math", "aime24", "aime25", "hmmt25", "amc23", "gsm8k_test", "math_train")
+SYNTHETIC_TASKS = ("add", "sub", "mul", "add_sub")
+_SEED_STRIDE = 1_000_003  # synthetic seeds far apart so that splits drawn with different seeds rarely collide
+
+
+@dataclass
+class Problem:
+    id: str
+    problem: str
+    answer: str
+    source: str = ""
+
+
+def data_dir() -> Path:
+    """Where the bundled benchmarks live: $SHARPENING_DATA, else ../shared/data next to the repository."""
+    if "SHARPENING_DATA" in os.environ:
+        return Path(os.environ["SHARPENING_DATA"])
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def load_problems(source: str, split: str = "test", limit: int | None = None, seed: int | None = None) -> list[Problem]:
+    """Problems from a benchmark name, a JSONL path, "synthetic:<task>[:<digits>]" or a Hugging Face dataset.
+
+    split: the Hugging Face split (ignored for files). limit: keep the first `limit` problems, after a
+    shuffle by `seed` if one is given (for synthetic tasks, seed picks the problems: different seeds give
+    disjoint ids). A bad source, a missing file or a row without problem/answer is a ValueError that says
+    what is allowed.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit={limit!r} must be a positive number of problems (or None for all)")
+    if source.startswith("synthetic:"):
+        task, _, digits = source.removeprefix("synthetic:").partition(":")
+        n = limit if limit is not None else 1000
+        return synthetic_problems(n, task=task, digits=int(digits or 1), seed=seed or 0)
+    if source in BENCHMARKS:
+        problems = _read_jsonl(data_dir() / f"{source}.jsonl", source)
+    elif source.endswith(".jsonl") or Path(source).is_file():
+        problems = _read_jsonl(Path(source), Path(source).stem)
+    elif "/" in source:
+        problems = _load_hf(source, split)
+    else:
+        raise ValueError(f"unknown problem source {source!r}; use one of {', '.join(BENCHMARKS)}, a .jsonl path, "
+                         f"synthetic:<task>[:<digits>] with task in {SYNTHETIC_TASKS}, or a Hugging Face "
+                         "dataset name such as HuggingFaceH4/MATH-500")
+    if seed is not None:
+        random.Random(seed).shuffle(problems)
+    return problems[:limit]
+
+
+def _read_jsonl(path: Path, source: str) -> list[Problem]:
+    if not path.is_file():
+        hint = f" (set SHARPENING_DATA to the folder with {path.name})" if source in BENCHMARKS else ""
+        raise ValueError(f"problem file {str(path)!r} does not exist{hint}")
+    problems = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+            problems.append(_problem_from_row(row, f"{path}:{line_no}", default_id=f"{source}/{line_no - 1}",
+                                              source=source))
+    return problems
+
+
+def _problem_from_row(row: dict, where: str, default_id: str, source: str) -> Problem:
+    """A row with problem (or question) and answer (or a solution whose last \\boxed{} is the answer)."""
+    from sharpening.llm.grading import extract_boxed
+
+    problem = row.get("problem", row.get("question"))
+    answer = row.get("answer")
+    if answer is None and row.get("solution") is not None:
+        answer = extract_boxed(str(row["solution"]))
+    if problem is None or answer is None or str(answer).strip() == "":
+        raise ValueError(f"{where}: a problem needs the fields 'problem' (or 'question') and 'answer' (or a "
+                         f"'solution' with a \\boxed{{}} answer); this row has {sorted(row)}")
+    return Problem(id=str(row.get("id", row.get("unique_id", default_id))), problem=str(problem),
+                   answer=str(answer).strip(), source=str(row.get("source", source)))
+
+
+def _load_hf(name: str, split: str) -> list[Problem]:
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(f"loading the Hugging Face dataset {name!r} needs `pip install datasets`; or pass a "
+                         f"JSONL file or one of {', '.join(BENCHMARKS)}") from None
+    rows = datasets.load_dataset(name, split=split)
+    return [_problem_from_row(dict(row), f"{name}[{split}][{i}]", default_id=f"{name}/{i}", source=name)
+            for i, row in enumerate(rows)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Synthetic arithmetic: a task that a 135M model can partly solve
+# ---------------------------------------------------------------------------------------------------------
+
+
+def synthetic_problems(n: int, task: str = "add", digits: int = 1, seed: int = 0) -> list[Problem]:
+    """n arithmetic problems "What is a + b?" with exact integer answers; operands have `digits` digits.
+
+    task: add (a + b), sub (a - b, may be negative), mul (a * b) or add_sub (a + b - c). Problem k of a seed
+    is a fixed function of (task, digits, seed, k), with id "synthetic:<task>:<digits>/<seed>/<k>": ids of
+    different seeds never coincide, so a held-out split is another seed.
+    """
+    if task not in SYNTHETIC_TASKS:
+        raise ValueError(f"synthetic task {task!r} is not one of {SYNTHETIC_TASKS}")
+    if not 1 <= digits <= 18:
+        raise ValueError(f"digits={digits!r} must be between 1 and 18")
+    if n < 0:
+        raise ValueError(f"n={n!r} must be >= 0")
+    lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    problems = []
+    for k in range(n):
+        rng = random.Random(seed * _SEED_STRIDE + k)
+        a, b, c = rng.randint(lo, hi), rng.randint(lo, hi), rng.randint(lo, hi)
+        question, answer = {
+            "add": (f"{a} + {b}", a + b),
+            "sub": (f"{a} - {b}", a - b),
+            "mul": (f"{a} * {b}", a * b),
+            "add_sub": (f"{a} + {b} - {c}", a + b - c),
+        }[task]
+        problems.append(Problem(id=f"synthetic:{task}:{digits}/{seed}/{k}", problem=f"What is {question}?",
+                                answer=str(answer), source=f"synthetic:{task}"))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prompt
+# ---------------------------------------------------------------------------------------------------------
+
+
+def format_prompt(tokenizer, problem: str, template: str = PAPER_TEMPLATE, prefill: str = "") -> str:
+    """The text to tokenize: template (with {problem} filled in) as the user turn of the model's chat template,
+    the assistant turn opened (add_generation_prompt=True), then `prefill` (e.g. "\\\\boxed{") appended."""
+    if "{problem}" not in template:
+        raise ValueError(f"template {template[:60]!r}... has no {{problem}} placeholder")
+    user = template.replace("{problem}", problem)  # not str.format: the template holds literal \boxed{} braces
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                         add_generation_prompt=True)
+    return text + prefill

@@ -1,0 +1,135 @@
+"""Rollouts: G sampled responses per prompt with the log-probs the policy gave them while sampling.
+
+An engine is anything with `generate(prompts, n, max_new_tokens, temperature, top_p, ignore_eos, seed)
+-> Rollout`. `HFEngine` is the CPU one: a plain sampling loop over a Hugging Face model with a KV cache,
+every sequence of a chunk decoded in one batch. A vLLM engine only has to return the same `Rollout`.
+
+lp_old_tok is log pi_theta(y_t | x, y_<t) from the raw logits of the sampling forward pass: the policy's
+own log-probs, whatever temperature / top_p shaped the sampling distribution (with temperature 1 and top_p 1,
+the default, the two coincide and the rollout is exactly on-policy). It equals a separate full forward pass
+up to float rounding of the KV-cache path (~1e-5 in float32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sharpening.llm.models import position_ids, sequence_logprobs
+
+
+@dataclass
+class Rollout:
+    """B = len(prompts) * n responses, prompt-major (the n samples of prompt 0 first)."""
+
+    prompt_ids: torch.Tensor  # [B, P] left-padded prompt tokens
+    prompt_mask: torch.Tensor  # [B, P] 1 on real prompt tokens
+    tokens: torch.Tensor  # [B, T] response tokens, right-padded
+    mask: torch.Tensor  # [B, T] float, 1 on response tokens (EOS included: its probability is the length choice)
+    lp_old_tok: torch.Tensor  # [B, T] log-probs of the sampling policy at sampling time, 0 off the mask
+    lengths: torch.Tensor  # [B] response lengths T_i = mask.sum(-1)
+    truncated: torch.Tensor  # [B] bool, True when the response hit max_new_tokens without EOS
+    texts: list  # B decoded responses (special tokens removed)
+    group: torch.Tensor  # [B] index of the prompt each response answers
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def input_ids(self):
+        return torch.cat([self.prompt_ids, self.tokens], 1)  # [B, P + T]
+
+    def attention_mask(self):
+        return torch.cat([self.prompt_mask, self.mask.to(self.prompt_mask.dtype)], 1)  # [B, P + T]
+
+
+def response_logprobs(model, roll: Rollout, rows=slice(None)):
+    """log pi(y_t | x, y_<t) of the rollout's response tokens under `model`, [b, T], by a full forward pass."""
+    P = roll.prompt_ids.shape[1]
+    ids, attn = roll.input_ids()[rows], roll.attention_mask()[rows]
+    response = torch.zeros_like(attn)
+    response[:, P:] = attn[:, P:]
+    return sequence_logprobs(model, ids, attn, response)[:, P:]
+
+
+def sample_next(logits, temperature: float = 1.0, top_p: float = 1.0, generator=None):
+    """One token per row from softmax(logits / temperature), restricted to the top-p nucleus. logits: [B, V]."""
+    probs = torch.softmax(logits / temperature, -1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p > top_p  # tokens after the nucleus is full
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
+
+
+class HFEngine:
+    """Batched sampling from a Hugging Face causal LM with a KV cache (pure sampling by default)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 64):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        eos = model.generation_config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        self.eos_ids = torch.tensor(sorted({*eos, tokenizer.eos_token_id}))
+        self.pad_id = tokenizer.pad_token_id
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def generate(self, prompts, n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                 ignore_eos: bool = False, seed=None) -> Rollout:
+        """n responses to each prompt (prompt-major); `seed` makes the samples reproducible."""
+        generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
+        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left",
+                             add_special_tokens=False)
+        prompt_ids = enc.input_ids.repeat_interleave(n, 0).to(self.device)  # [B, P]
+        prompt_mask = enc.attention_mask.repeat_interleave(n, 0).to(self.device)  # [B, P]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            chunks = [self._sample(prompt_ids[i:i + self.batch_size], prompt_mask[i:i + self.batch_size],
+                                   max_new_tokens, temperature, top_p, ignore_eos, generator)
+                      for i in range(0, len(prompt_ids), self.batch_size)]
+        finally:
+            self.model.train(was_training)
+        T = max(c[0].shape[1] for c in chunks)
+        tokens, mask, lp_old_tok = (torch.cat([_pad_right(c[k], T, v) for c in chunks])
+                                    for k, v in ((0, self.pad_id), (1, 0.0), (2, 0.0)))
+        truncated = torch.cat([c[3] for c in chunks])
+        texts = self.tokenizer.batch_decode(tokens.masked_fill(mask == 0, self.pad_id), skip_special_tokens=True)
+        group = torch.arange(len(prompts), device=self.device).repeat_interleave(n)
+        return Rollout(prompt_ids, prompt_mask, tokens, mask, lp_old_tok, mask.sum(-1), truncated, texts, group)
+
+    def _sample(self, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, ignore_eos, generator):
+        """The decoding loop for one chunk: returns tokens, mask, lp_old_tok [b, T] and truncated [b]."""
+        from transformers import DynamicCache
+
+        b = prompt_ids.shape[0]
+        attn, pos = prompt_mask, position_ids(prompt_mask)
+        out = self.model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos,
+                         past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+        pos = pos[:, -1:]
+        done = torch.zeros(b, dtype=torch.bool, device=prompt_ids.device)
+        tokens, mask, lp_old = [], [], []
+        for t in range(max_new_tokens):
+            logits = out.logits[:, -1].float()  # [b, V]
+            y = sample_next(logits, temperature, top_p, generator)  # [b]
+            lp = logits.gather(-1, y[:, None]).squeeze(-1) - logits.logsumexp(-1)  # log pi_theta(y)
+            live = (~done).float()
+            tokens.append(torch.where(done, self.pad_id, y))
+            mask.append(live)
+            lp_old.append(lp * live)
+            if not ignore_eos:
+                done = done | torch.isin(y, self.eos_ids.to(y.device))
+            if done.all() or t == max_new_tokens - 1:
+                break
+            attn, pos = torch.cat([attn, attn.new_ones(b, 1)], 1), pos + 1
+            out = self.model(input_ids=y[:, None], attention_mask=attn, position_ids=pos,
+                             past_key_values=out.past_key_values, use_cache=True)
+        return torch.stack(tokens, 1), torch.stack(mask, 1), torch.stack(lp_old, 1), ~done
+
+
+def _pad_right(x, T: int, value):
+    return torch.nn.functional.pad(x, (0, T - x.shape[1]), value=value)

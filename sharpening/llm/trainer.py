@@ -1,0 +1,251 @@
+"""The LLM trainer: every regime of DESIGN.md with the reward, advantage and loss of sharpening.objective.
+
+One step (`Trainer.train_step`): generate G responses per prompt with their lp_old -> grade (task reward r)
+-> lp_ref from the frozen reference model (only when the regime uses it) -> R = shaped_reward -> A = RLOO
+-> token-mean REINFORCE loss -> AdamW step with clipping -> metrics. Nothing here depends on the regime
+beyond what `Regime` says, and nothing in the step depends on Hugging Face: the engine (`generate`) and
+`response_logprobs` (a forward pass) are the only model calls.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sharpening.llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
+from sharpening.llm.config import TrainConfig, save_config
+from sharpening.llm.distributed import micro_batches, token_mean_scale
+from sharpening.llm.models import load_model, load_tokenizer, resolve
+from sharpening.llm.rollout import HFEngine, response_logprobs
+from sharpening.objective import pg_loss, rloo_advantages, sequence_sums, shaped_reward, truncated_is_weight
+
+
+class TrainingDiverged(RuntimeError):
+    """max_bad_steps steps in a row had a NaN/inf loss or gradient."""
+
+
+def grade_batch(texts, answers, G: int, prefill: str = "", device="cpu"):
+    """Task reward r_i = grade(prefill + y_i, answer of prompt i // G), 0 or 1. Returns [B] float32."""
+    from sharpening.llm.grading import grade
+
+    return torch.tensor([grade(prefill + y, answers[i // G]) for i, y in enumerate(texts)],
+                        dtype=torch.float32, device=device)
+
+
+def step_metrics(r, R, A, lp_ref_tok, roll) -> dict:
+    """The per-step metrics documented in docs/llm_trainer.md (lp_ref ones only when lp_ref was computed)."""
+    lp_old, T = sequence_sums(roll.lp_old_tok, roll.mask)  # [B], [B]
+    m = {"reward/task": r.mean(), "reward/shaped_mean": R.mean(), "reward/shaped_std": R.std(correction=0),
+         "adv/mean": A.mean(), "adv/std": A.std(correction=0), "adv/abs_max": A.abs().max(),
+         "length/mean": T.mean(), "length/clipped_frac": roll.truncated.float().mean(),
+         "entropy": -lp_old.sum() / T.sum().clamp(min=1), "lp_old/mean": lp_old.mean()}
+    if lp_ref_tok is not None:
+        lp_ref, _ = sequence_sums(lp_ref_tok, roll.mask)
+        m.update({"lp_ref/mean": lp_ref.mean(), "kl_ref": (lp_old - lp_ref).mean()})  # Monte Carlo KL(pi || pi_ref)
+    return {k: float(v) for k, v in m.items()}
+
+
+def warmup_factor(step: int, start: float, steps: int) -> float:
+    """Linear warmup of the learning rate: start at step 0, 1 from `steps` on."""
+    return 1.0 if steps == 0 else start + (1.0 - start) * min(step / steps, 1.0)
+
+
+def pick_device(name: str) -> torch.device:
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+
+
+def make_engine(cfg: TrainConfig, policy, tokenizer):
+    """The rollout engine named by cfg.engine."""
+    if cfg.engine == "hf":
+        return HFEngine(policy, tokenizer, batch_size=cfg.gen_batch_size)
+    from sharpening.llm.vllm_engine import VLLMEngine, import_vllm
+
+    import_vllm()  # a clear error when vLLM is not installed
+    return VLLMEngine(resolve(cfg.model), tokenizer, dtype=cfg.dtype, seed=cfg.seed,
+                      max_model_len=None)
+
+
+class Trainer:
+    """Owns the policy, the frozen reference, the engine, the optimizer and the run folder."""
+
+    def __init__(self, cfg: TrainConfig, policy=None, tokenizer=None):
+        from sharpening.llm import data
+
+        self.cfg, self.run_dir, self.device = cfg, cfg.run_dir, pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.tokenizer = tokenizer or load_tokenizer(cfg.model)
+        self.policy = (policy or load_model(cfg.model, dtype=cfg.dtype)).to(self.device).train()
+        self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)  # pi_ref: the initial weights, frozen
+        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: warmup_factor(s, cfg.warmup_start, cfg.warmup_steps))
+        self.engine = make_engine(cfg, self.policy, self.tokenizer)
+        if hasattr(self.engine, "track"):
+            self.engine.track(self.opt)
+        self.template = data.PAPER_TEMPLATE if cfg.template == "paper" else cfg.template
+        self.problems = data.load_problems(cfg.dataset, split=cfg.split, limit=cfg.limit, seed=cfg.seed)
+        self.prompts = [data.format_prompt(self.tokenizer, p.problem, self.template, cfg.prefill) for p in self.problems]
+        self.eval_sets = {name: data.load_problems(name, split=cfg.eval_split, limit=cfg.eval_limit, seed=cfg.seed)
+                          for name in cfg.eval_datasets}
+        self.step, self.bad_steps = 0, 0
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._open_run()
+
+    # -- the run folder ------------------------------------------------------------------------------
+    def _open_run(self):
+        """Fresh run: refuse to mix with an old one. Resume: load the newest checkpoint, cut metrics to it."""
+        if not self.cfg.resume and self.metrics_path.exists():
+            raise FileExistsError(f"{self.run_dir} already holds a run; pass resume=true to continue it "
+                                  "or choose another run_name")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = latest_checkpoint(self.run_dir) if self.cfg.resume else None
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, self.policy, self.opt, self.sched)
+            self.step, self.bad_steps = state["step"], state["bad_steps"]
+            if hasattr(self.engine, "sync_weights"):
+                self.engine.sync_weights(self.policy)
+        truncate_metrics(self.metrics_path, self.step)
+        save_config(self.cfg, self.run_dir / "config.yaml")
+
+    def save(self):
+        return save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, self.opt, self.sched,
+                               extra={"bad_steps": self.bad_steps}, keep=self.cfg.keep_checkpoints)
+
+    # -- one step ------------------------------------------------------------------------------------
+    def batch(self, step: int) -> list[int]:
+        """Indices of the prompts of `step` (1-based): consecutive slices of a per-epoch shuffle, seeded."""
+        n, k = len(self.problems), self.cfg.prompts_per_step
+        positions = range((step - 1) * k, step * k)
+        order = {e: np.random.default_rng([self.cfg.seed, e]).permutation(n) for e in {p // n for p in positions}}
+        return [int(order[p // n][p % n]) for p in positions]
+
+    def train_step(self, step: int) -> dict:
+        cfg, G, regime = self.cfg, self.cfg.group_size, self.cfg.regime
+        idx = self.batch(step)
+        t0 = time.perf_counter()
+        roll = self.engine.generate([self.prompts[i] for i in idx], n=G, max_new_tokens=cfg.max_new_tokens,
+                                    temperature=cfg.temperature, top_p=cfg.top_p, ignore_eos=cfg.ignore_eos,
+                                    seed=cfg.seed * 1_000_003 + step)  # y ~ pi_old, with lp_old_tok [B, T]
+        t1 = time.perf_counter()
+        r = grade_batch(roll.texts, [self.problems[i].answer for i in idx], G, cfg.prefill, roll.mask.device)
+        t2 = time.perf_counter()
+        lp_ref_tok = self.lp_ref(roll) if regime.needs_lp_ref else None  # frozen pi_ref [B, T]
+        t3 = time.perf_counter()
+        R = shaped_reward(regime, r, lp_ref_tok, roll.lp_old_tok, mask=roll.mask)  # [B]
+        A = rloo_advantages(R.view(-1, G)).view(-1)  # [B]
+        update = self.update(roll, A)  # token-mean REINFORCE, clipping, AdamW
+        t4 = time.perf_counter()
+        self.last = {"roll": roll, "r": r, "R": R, "A": A}  # for inspection and tests
+        return {**step_metrics(r, R, A, lp_ref_tok, roll), **update, "time/generate": t1 - t0,
+                "time/grade": t2 - t1, "time/ref": t3 - t2, "time/train": t4 - t3, "time/step": t4 - t0}
+
+    @torch.no_grad()
+    def lp_ref(self, roll):
+        return torch.cat([response_logprobs(self.ref, roll, mb)
+                          for mb in micro_batches(len(roll), self.cfg.micro_batch_size)])  # [B, T]
+
+    def update(self, roll, A) -> dict:
+        """One AdamW step on the token-mean loss of the whole batch, in micro-batches (exact: each micro-batch's
+        token mean is rescaled to its share of all tokens). A NaN/inf loss or gradient skips the step."""
+        cfg = self.cfg
+        lr = self.sched.get_last_lr()[0]
+        self.opt.zero_grad(set_to_none=True)
+        n_tok = roll.mask.sum()
+        loss, is_w = 0.0, []
+        for mb in micro_batches(len(roll), cfg.micro_batch_size):
+            logp_tok = response_logprobs(self.policy, roll, mb)  # log pi_theta [b, T], with grad
+            logp_engine = roll.lp_old_tok[mb] if cfg.is_cap is not None else None
+            loss_mb = pg_loss(logp_tok, A[mb], roll.mask[mb], logp_engine=logp_engine, is_cap=cfg.is_cap)
+            loss_mb = loss_mb * token_mean_scale(roll.mask[mb], n_tok, world_size=1)
+            loss_mb.backward()
+            loss += loss_mb.item()
+            if logp_engine is not None:  # the weights pg_loss applied, on response tokens
+                w = truncated_is_weight(logp_tok.detach(), logp_engine, cap=math.inf)[roll.mask[mb] > 0]
+                is_w.append(w)  # pi_theta / pi_engine before the cap
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
+        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+        if skipped:
+            self.opt.zero_grad(set_to_none=True)
+        else:
+            self.opt.step()
+            if hasattr(self.engine, "sync_weights"):
+                self.engine.sync_weights(self.policy)
+        self.sched.step()
+        self.bad_steps = self.bad_steps + 1 if skipped else 0
+        m = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "skipped": int(skipped)}
+        if is_w:
+            w = torch.cat(is_w)
+            m["is_weight/mean"] = float(w.clamp(max=cfg.is_cap).mean())
+            m["is_weight/clip_frac"] = float((w > cfg.is_cap).float().mean())
+        return m
+
+    # -- evaluation and the loop ---------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """pass@k (and maj@k) of the current policy on each eval dataset, as flat metric keys."""
+        from sharpening.llm.evaluation import evaluate
+
+        out = {}
+        for name, problems in self.eval_sets.items():
+            res = evaluate(self.engine, problems, n=self.cfg.eval_n, ks=eval_ks(self.cfg.eval_n),
+                           max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
+                           top_p=self.cfg.top_p, prefill=self.cfg.prefill, template=self.template,
+                           seed=self.cfg.seed)
+            out.update({f"eval/{name}/pass@{k}": v for k, v in res["pass@k"].items()})
+            out.update({f"eval/{name}/maj@{k}": v for k, v in res.get("maj@k", {}).items()})
+            out[f"eval/{name}/mean_length"] = res.get("mean_length")
+        return out
+
+    def train(self) -> list[dict]:
+        """Run steps self.step + 1 .. cfg.steps, appending one metrics line per step; returns those lines."""
+        cfg, logged = self.cfg, []
+        bar = tqdm(range(self.step + 1, cfg.steps + 1), initial=self.step, total=cfg.steps, desc=cfg.run_name)
+        with open(self.metrics_path, "a") as log:
+            for step in bar:
+                m = {"step": step, **self.train_step(step)}
+                self.step = step
+                if self.eval_sets and (step == cfg.steps or cfg.eval_every and step % cfg.eval_every == 0):
+                    m.update(self.evaluate())
+                m = {k: _json_number(v) for k, v in m.items()}
+                log.write(json.dumps(m) + "\n")
+                log.flush()
+                logged.append(m)
+                bar.set_postfix(reward=f"{m['reward/task']:.2f}", sec=f"{m['time/step']:.1f}")
+                tqdm.write(summary(m))
+                if self.bad_steps >= cfg.max_bad_steps:
+                    raise TrainingDiverged(f"{self.bad_steps} steps in a row had a NaN/inf loss or gradient "
+                                           f"(max_bad_steps={cfg.max_bad_steps}); stopped at step {step}")
+                if step == cfg.steps or cfg.save_every and step % cfg.save_every == 0:
+                    self.save()
+        return logged
+
+
+def eval_ks(n: int) -> tuple:
+    """k = 1, 2, 4, ... up to n (and n itself)."""
+    return tuple(sorted({2**i for i in range(int(math.log2(n)) + 1)} | {n}))
+
+
+def _json_number(v):
+    """Non-finite floats become null: JSON has no NaN."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _fmt(v) -> str:
+    return "nan" if v is None else f"{v:.3f}"
+
+
+def summary(m: dict) -> str:
+    """The one-line summary of a step."""
+    text = (f"step {m['step']:>4}  r {m['reward/task']:.3f}  R {m['reward/shaped_mean']:+.3f}  "
+            f"len {m['length/mean']:.1f}  ent {m['entropy']:.3f}  grad {_fmt(m['grad_norm'])}  "
+            f"{m['time/step']:.1f}s")
+    if "kl_ref" in m:
+        text += f"  kl {m['kl_ref']:.3f}"
+    if m["skipped"]:
+        text += "  SKIPPED (non-finite loss/gradient)"
+    return text

