@@ -140,7 +140,7 @@ def normalize(regime: Regime, lp_ref, lengths=None):
     if regime.normalization == "sum":
         return lp_ref
     if regime.normalization == "none":
-        return lp_ref * 0
+        return _zeros_like(lp_ref)  # not lp_ref * 0: a -inf log-prob would give NaN
     if lengths is None:
         raise ValueError(f"normalization={regime.normalization!r} needs the response lengths T")
     if (lengths <= 0).any():
@@ -149,12 +149,21 @@ def normalize(regime: Regime, lp_ref, lengths=None):
     return lp_ref / lengths**exponent
 
 
+def _zeros_like(x):
+    return x.new_zeros(x.shape) if _is_torch(x) else np.zeros_like(np.asarray(x, dtype=float))
+
+
 def sequence_sums(logp_tok, mask=None):
     """Per-token log-probs [..., T] (and a 0/1 mask) -> per-sequence sums [...] and lengths T [...]."""
-    if mask is None:
-        mask = logp_tok * 0 + 1
-    mask = mask.to(logp_tok.dtype) if _is_torch(logp_tok) else np.asarray(mask, dtype=np.asarray(logp_tok).dtype)
-    return (logp_tok * mask).sum(-1), mask.sum(-1)
+    if _is_torch(logp_tok):
+        import torch
+
+        mask = torch.ones_like(logp_tok) if mask is None else mask.to(logp_tok.dtype)
+        return logp_tok.masked_fill(mask == 0, 0.0).sum(-1), mask.sum(-1)
+    logp_tok = np.asarray(logp_tok, dtype=float)
+    mask = np.ones_like(logp_tok) if mask is None else np.asarray(mask, dtype=float)
+    # where, not multiply: a padded position may hold -inf, and -inf * 0 is NaN
+    return np.where(mask > 0, logp_tok, 0.0).sum(-1), mask.sum(-1)
 
 
 def shaped_reward(regime: Regime, task_reward, lp_ref=None, lp_old=None, lengths=None, mask=None):

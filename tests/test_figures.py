@@ -158,3 +158,124 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     (tmp_path / "runs" / "eval.json").write_text("{}")
     assert main(["figures", "--out", str(tmp_path), "--only", "pass_at_k", "--runs", str(tmp_path / "runs")]) == 2
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_length_bias_panels_plot_the_power_distribution_over_responses():
+    from sharpening.figures.length_bias import panel_accuracy_and_length
+    from sharpening.toy import sequence
+
+    axes = style.axes(1, 2)
+    alphas = np.array([0.5, 2.0, 8.0])
+    panel_accuracy_and_length(axes[0], axes[1], alphas=alphas, train_alphas=[2.0], steps=4, seeds=2, seed=3, L=3)
+    acc, length = style.series(axes[0]), style.series(axes[1])
+    for name, fixed_length in (("normal", False), ("fixed length (EOS ignored)", True)):
+        model = sequence.paper_model(L=3, fixed_length=fixed_length)
+        _, lp_ref, r, T = sequence.enumerate_sequences(model)
+        w = np.exp(np.outer(alphas, lp_ref))  # pi_ref^alpha, unnormalized  [3, |Y|]
+        pi = w / w.sum(1, keepdims=True)
+        np.testing.assert_allclose(acc[f"tempered fixed point, {name}"][1], pi @ r, rtol=1e-10)
+        np.testing.assert_allclose(length[f"tempered fixed point, {name}"][1], pi @ T, rtol=1e-10)
+        mode = np.argmax(lp_ref)  # sharpening: the single likeliest response
+        np.testing.assert_array_equal(acc[f"sharpening, {name}"][1], [r[mode]] * 2)
+        np.testing.assert_array_equal(length[f"sharpening, {name}"][1], [T[mode]] * 2)
+        run = sequence.train(Regime.tempered(2.0), model, steps=4, lr=3.0, seeds=[3, 4], log_every=4)
+        label = f"tempered, sampled training, {name}"
+        np.testing.assert_allclose(acc[label][1], [np.median(run.final("task_reward"))], rtol=1e-12)
+        np.testing.assert_allclose(length[label][1], [np.median(run.final("mean_length"))], rtol=1e-12)
+    # the story: without EOS the likeliest response is short and wrong; with fixed length it is right
+    assert acc["sharpening, normal"][1][0] == 0 and length["sharpening, normal"][1][0] == 2
+    assert acc["sharpening, fixed length (EOS ignored)"][1][0] == 1
+    assert length["tempered fixed point, fixed length (EOS ignored)"][1] == pytest.approx([3, 3, 3])
+
+
+def test_stop_model_panel_matches_brute_force_enumeration():
+    from itertools import product
+
+    from sharpening.figures.length_bias import panel_stop_model
+
+    s, u, cap, alphas = 0.3, (0.6, 0.4), 3, np.array([0.5, 1.0, 2.0])
+    ax = panel_stop_model(style.axes(), alphas=alphas, stop=s, token_probs=u, cap=cap)
+    drawn = style.series(ax)
+    # every response: n content tokens then EOS (T = n + 1) for n < cap, or cap content tokens cut (T = cap)
+    responses = [(s * np.prod(c) * (1 - s) ** n, n + 1) for n in range(cap) for c in product(u, repeat=n)]
+    responses += [(np.prod(c) * (1 - s) ** cap, cap) for c in product(u, repeat=cap)]
+    p, T = np.array(responses).T
+    want = [(p**a @ T) / (p**a).sum() for a in alphas]
+    np.testing.assert_allclose(drawn[f"closed form, cap L = {cap}"][1], want, rtol=1e-10)
+    np.testing.assert_allclose(drawn[f"fixed_point over all {len(p)} responses"][1], want, rtol=1e-10)
+    rho = (1 - s) ** alphas * (np.array(u)[:, None] ** alphas).sum(0)  # geometric ratio of the uncapped model
+    uncapped = np.where(rho < 1, 1 / (1 - rho), np.inf)
+    np.testing.assert_allclose(drawn["closed form, no cap: 1 / (1 - ρ(α))"][1], uncapped)
+
+
+def test_theory_vs_simulation_panels():
+    from sharpening.figures.theory_vs_simulation import panel_power_mass, panel_step_size
+
+    ax = panel_power_mass(style.axes(), p=0.6, m=4, alphas=(1.0, 2.0), steps=4, seeds=2, seed=1)
+    drawn = style.series(ax)
+    a, y = drawn["closed form (theory.length_bias)"]
+    np.testing.assert_allclose(y, 4 * 0.15**a / (4 * 0.15**a + 0.4**a), rtol=1e-12)  # m (p/m)^a / (... + q^a)
+    lp_ref, r = np.log([0.15] * 4 + [0.4]), np.array([1.0] * 4 + [0.0])
+    want = [np.median(bandit.train(Regime.tempered(a), lp_ref, r, steps=4, lr=1.0, seeds=[1, 2]).final("task_reward"))
+            for a in (1.0, 2.0)]
+    np.testing.assert_allclose(drawn["tempered, sampled training (4 steps, 2 seeds)"][1], want, rtol=1e-12)
+    assert drawn["α* = 1.41 (mass 1/2)"][0][0] == pytest.approx(np.log(4) / np.log(4 * 0.4 / 0.6))
+
+    ax = panel_step_size(style.axes(), alphas=(2.0,), ratios=[0.8, 1.2], steps=300)
+    lp_ref, r = bandit.wrong_mode_bandit()
+    pi = np.exp(2 * lp_ref) / np.exp(2 * lp_ref).sum()  # the tempered fixed point pi_ref^2 / Z
+    lr_max = 2 / np.linalg.eigvalsh(np.diag(pi) - np.outer(pi, pi)).max()
+    (label, (x, tv)), = [item for item in style.series(ax).items() if item[0].startswith("tempered")]
+    assert label == f"tempered α=2 (lr_max = {lr_max:.2f})"
+    assert tv[0] < 1e-9 and tv[1] > 1e-3  # converges just below the predicted limit, not just above
+
+
+def test_instability_panels():
+    from sharpening.figures import instability as fig
+    from sharpening.toy import instability as toy
+
+    axes = style.axes(1, 4)
+    sweep = toy.sweep_max_length(list(fig.REGIMES), lengths=(1, 3), steps=3, seeds=[0, 1])
+    fig.panel_max_length(axes[0], axes[1], sweep)
+    u = np.array(toy.IID_TOKENS)
+    var_log_u = u @ np.log(u) ** 2 - (u @ np.log(u)) ** 2
+    drawn = style.series(axes[0])
+    np.testing.assert_allclose(drawn["sharpening"][1], [var_log_u, 3 * var_log_u], rtol=1e-10)  # R = lp_ref
+    np.testing.assert_allclose(drawn["closed form c² T Var[log u]"][1], [var_log_u, 3 * var_log_u], rtol=1e-10)
+    np.testing.assert_allclose(drawn["task reward"][1], [0.24, 0.24], rtol=1e-10)  # p (1 - p), p = 0.6
+    np.testing.assert_array_equal(style.series(axes[1])["task reward, at step 0"][1], sweep.grad_norm[2])
+
+    lp_ref, r = bandit.wrong_mode_bandit()
+    sweeps = [toy.sweep_lr(regime, lrs=(1.0, 8.0), steps=5, seeds=[0, 1, 2]) for regime in fig.REGIMES]
+    fig.panel_lr(axes[2], sweeps)
+    for regime in fig.REGIMES:
+        labels = [toy.classify(bandit.train(regime, lp_ref, r, 5, 8, lr, [0, 1, 2], log_every=1)) for lr in (1.0, 8.0)]
+        want = [np.isin(x, ["oscillating", "collapsed", "diverged"]).mean() for x in labels]
+        np.testing.assert_allclose(style.series(axes[2])[style.label(regime)][1], want)
+
+    fig.panel_alpha(axes[3], {"tempered, exact gradient": [toy.sweep_lr(Regime.tempered(a), lrs=(8.0,), steps=3,
+                                                                        seeds=1, exact=True) for a in (0.5, 4.0)]}, 8.0)
+    a, predicted = style.series(axes[3])["tempered: predicted unstable iff lr > lr_max(α)"]
+    for alpha, y in zip(a[::10], predicted[::10]):
+        pi = np.exp(alpha * lp_ref) / np.exp(alpha * lp_ref).sum()
+        assert y == float(8.0 > 2 / np.linalg.eigvalsh(np.diag(pi) - np.outer(pi, pi)).max())
+    assert predicted.min() == 0 and predicted.max() == 1
+
+
+@pytest.mark.parametrize("module, name, n_panels", [
+    ("length_bias", "fig_length_bias", 3),
+    ("instability", "fig_instability", 4),
+    ("theory_vs_simulation", "fig_theory_vs_simulation", 2),
+])
+def test_every_figure_runs_quick_with_labelled_axes(module, name, n_panels):
+    import importlib
+
+    import matplotlib.pyplot as plt
+
+    axes = np.ravel(getattr(importlib.import_module(f"sharpening.figures.{module}"), name)(quick=True, seed=1))
+    assert len(axes) == n_panels
+    for ax in axes:
+        assert ax.get_xlabel() and ax.get_ylabel() and style.series(ax)
+        assert all(np.isfinite(y).any() for _, y in style.series(ax).values())
+    assert style.figure_of(axes).legends  # one legend below the panels names regime and parameters
+    plt.close(style.figure_of(axes))

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from sharpening.llm import distributed as dist_plan
-from sharpening.llm.distributed import MODEL_SPECS, global_token_count, micro_batches, plan, rank_slice
+from sharpening.llm.distributed import MODEL_SPECS, Ranks, global_token_count, micro_batches, plan, rank_slice
 from sharpening.llm.distributed import token_mean_scale
 from sharpening.llm.vllm_engine import VLLMEngine, check_complete, hf_name, hf_weights, rollout_from_samples
 from sharpening.llm.vllm_engine import vllm_param_name
-from sharpening.objective import pg_loss
+from sharpening.objective import Regime, pg_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA_3B, QWEN_3B, QWEN3_4B = "meta-llama/Llama-3.2-3B-Instruct", "Qwen/Qwen2.5-3B-Instruct", "Qwen/Qwen3-4B-Instruct-2507"
@@ -81,6 +81,7 @@ def test_global_batch_split_matches_the_paper(model, prompts, T, W, mb, per_rank
 
 
 def test_groups_never_straddle_ranks():
+    assert Ranks(2, 4).my_prompts(list(range(32))) == list(range(16, 24))
     with pytest.raises(ValueError, match=r"prompts_per_step=32 is not divisible by world_size=3.*\[1, 2, 4, 8, 16, 32\]"):
         plan(paper_config(QWEN_3B, 32, 2048, 500), world_size=3)
     slices = [rank_slice(32, r, 4) for r in range(4)]
@@ -98,11 +99,12 @@ def test_bad_config_values_are_named(key, value):
 
 def test_memory_estimate_by_hand():
     P = 3_085_938_688  # Qwen2.5-3B: 151936 x 2048 + 36 x 77,092,864 + 2048
-    p = plan(paper_config(QWEN_3B, 32, 2048, 500, 8), world_size=4)
+    config = {**paper_config(QWEN_3B, 32, 2048, 500, 8), "regime": Regime.tempered(2.0)}  # needs lp_ref
+    p = plan(config, world_size=4)
     m = p.memory
     assert p.params == P
     assert m["policy_states"] == pytest.approx(16 * P / 4 / GiB, abs=0.01)  # fp32 weights, grads, Adam m, v
-    assert m["reference"] == pytest.approx(2 * P / 4 / GiB, abs=0.01)
+    assert m["reference"] == pytest.approx(2 * P / GiB, abs=0.01)  # a bf16 replica per GPU
     assert m["vllm_weights"] == pytest.approx(2 * P / GiB, abs=0.01)
     assert m["logits"] == pytest.approx(8 * 2048 * 151936 * 10 / GiB, abs=0.01)
     S = 512 + 2048  # assumed prompt + max new tokens
@@ -110,6 +112,18 @@ def test_memory_estimate_by_hand():
     assert m["train_peak"] == pytest.approx(m["policy_states"] + m["reference"] + m["cuda_overhead"] +
                                             m["gathered_layers"] + m["activations"] + m["logits"], abs=0.05)
     assert p.fits and p.kv_concurrency == 1.0
+    task_reward = plan({**config, "regime": Regime.task_reward()}, world_size=4)  # R = r: no reference model
+    assert task_reward.memory["reference"] == 0
+
+
+def test_vllm_settings_bound_the_context_to_the_run():
+    config = paper_config(QWEN3_4B, 64, 4096, 1000, 4)
+    settings = dist_plan.vllm_settings(config, world_size=8)  # no GPU here: sized for an 80 GB one
+    assert settings == {"max_model_len": 2048 + 4096,
+                        "gpu_memory_utilization": plan(config, 8).vllm_gpu_memory_utilization}
+    m = plan(config, 8).memory
+    assert settings["gpu_memory_utilization"] == pytest.approx(
+        (m["vllm_weights"] + m["vllm_buffers"] + m["kv_cache"]) / 80, abs=0.002)
 
 
 def test_auto_micro_batch_fits_and_kv_waves_when_memory_is_short():
@@ -175,7 +189,8 @@ def _gloo_worker(rank, W, port, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=W)
     mask = torch.ones(2, 3) if rank == 0 else torch.tensor([[1.0, 0, 0], [1, 1, 0]])
     n = global_token_count(mask)
-    torch.save({"n": float(n), "scale": token_mean_scale(mask, n, W)}, f"{out}/{rank}.pt")
+    reward = Ranks(rank, W).all_mean(0.25 if rank == 0 else 0.75)
+    torch.save({"n": float(n), "scale": token_mean_scale(mask, n, W), "reward": reward}, f"{out}/{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -190,6 +205,7 @@ def test_global_token_count_all_reduces_over_real_ranks(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))
     assert r0["n"] == r1["n"] == 9.0  # 6 tokens on rank 0 + 3 on rank 1
     assert (r0["scale"], r1["scale"]) == pytest.approx((6 * 2 / 9, 3 * 2 / 9))
+    assert r0["reward"] == r1["reward"] == 0.5  # metrics are averaged over ranks
 
 
 # ------------------------------------------------------------------------------- weight sync
@@ -345,3 +361,37 @@ def test_vllm_is_imported_lazily_with_a_clear_error():
     assert "vllm" not in sys.modules  # importing sharpening.llm.vllm_engine did not import it
     with pytest.raises(ImportError, match=r"pip install -e '\.\[gpu,llm\]'; on CPU use engine='hf'"):
         VLLMEngine("some/model", CharTokenizer())
+
+
+# ------------------------------------------------------------------------- dry run of the paper grid
+
+PAPER_CONFIGS = sorted((ROOT / "configs" / "paper").rglob("*.yaml"))
+PAPER_BATCH = {"llama3.2-3b": (32, 2048), "qwen2.5-3b": (32, 2048), "qwen3-4b": (64, 4096)}  # prompts, max length
+
+
+def test_every_paper_model_has_configs():
+    assert {p.relative_to(ROOT / "configs" / "paper").parts[0] for p in PAPER_CONFIGS} == set(PAPER_BATCH)
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs" / "paper")))
+def test_dry_run_of_every_paper_config(path):
+    from sharpening.llm.config import load_config
+
+    prompts, T = PAPER_BATCH[path.relative_to(ROOT / "configs" / "paper").parts[0]]
+    cfg = load_config(path)  # as written: engine=vllm, bf16, is_cap=20 and a micro-batch that fits
+    text = dist_plan.dry_run(cfg, world_size=4)
+    assert f"global batch    {prompts} prompts x G=8 = {prompts * 8} sequences per step" in text
+    assert f"per GPU         {prompts // 4} prompts = {prompts * 2} sequences" in text
+    assert f"response <= {T} tokens" in text and "WARN" not in text
+
+
+def test_dry_run_warns_about_what_would_run_badly():
+    from sharpening.llm.config import load_config
+
+    base = ["model=Qwen/Qwen2.5-3B-Instruct", "prompts_per_step=32", "max_new_tokens=2048"]
+    text = dist_plan.dry_run(load_config(None, base), world_size=4)  # engine=hf, dtype=float32 by default
+    assert "WARN engine='hf': on GPUs use engine=vllm" in text and "WARN dtype='float32'" in text
+    text = dist_plan.dry_run(load_config(None, base + ["engine=vllm", "dtype=bfloat16"]), world_size=4)
+    assert text.count("WARN") == 1 and "WARN engine=vllm with is_cap=null" in text
+    with pytest.raises(ValueError, match="prompts_per_step=32 is not divisible by world_size=5"):
+        dist_plan.dry_run(load_config(None, base), world_size=5)

@@ -113,7 +113,7 @@ def test_snr_table(capsys):
     # (probability 1/2), else 0: ||E g||^2 = 1/8 = E||g||^2 - ||E g||^2, so SNR = 1
     assert labelled_row(out, "task reward")[0] == pytest.approx(1.0)
     code, out, err = run(capsys, "snr", "--G", "1")
-    assert code == 2 and "G=1 must be an integer >= 2" in err
+    assert code == 2 and out == "" and "G=1 must be an integer >= 2" in err
 
 
 def test_stability_table(capsys):

@@ -33,10 +33,10 @@ class Figure:
     draw: Callable[[Options], object]  # -> the Axes drawn (raises Skipped when it cannot be drawn)
 
 
-def _fixed_points(opt: Options):
-    from sharpening.figures.fixed_points import ALPHA_SWEEP, fig_fixed_points
+def _fixed_points(opt: Options):  # closed forms only: no seed, and already fast
+    from sharpening.figures.fixed_points import fig_fixed_points
 
-    return fig_fixed_points(alphas=ALPHA_SWEEP[::4] if opt.quick else ALPHA_SWEEP)
+    return fig_fixed_points()
 
 
 def _training_curves(opt: Options):
@@ -50,6 +50,12 @@ def _length_bias(opt: Options):
     from sharpening.figures.length_bias import fig_length_bias
 
     return fig_length_bias(quick=opt.quick, seed=opt.seed)
+
+
+def _instability(opt: Options):
+    from sharpening.figures.instability import fig_instability
+
+    return fig_instability(quick=opt.quick, seed=opt.seed)
 
 
 def _theory_vs_simulation(opt: Options):
@@ -80,6 +86,9 @@ FIGURES = (
     Figure("length_bias", "The length bias: accuracy and expected length vs α at the fixed point and after sampled "
            "training of the sequence toy, normal vs fixed length (EOS ignored); the stop model's E[T] in closed form.",
            _length_bias),
+    Figure("instability", "Instability: reward variance and gradient norm vs maximum length (closed forms over "
+           "measurements), and the fraction of unstable runs (oscillating, collapsed or diverged) vs lr and α.",
+           _instability),
     Figure("theory_vs_simulation", "Closed-form predictions over measurements: mass on correct answers of π_ref^α "
            "vs sampled training, and the predicted step-size limit of gradient ascent vs where it diverges.",
            _theory_vs_simulation),

@@ -18,6 +18,7 @@ from sharpening.toy import bandit
 from sharpening.toy import instability as toy
 
 UNSTABLE = ("oscillating", "collapsed", "diverged")
+UNSTABLE_LABEL = "fraction oscillating, collapsed or diverged"
 REGIMES = (Regime.sharpening(), Regime.tempered(2.0), Regime.task_reward())
 LRS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
@@ -51,28 +52,33 @@ def panel_max_length(ax_var, ax_grad, sweep: toy.LengthSweep, regimes=REGIMES):
 def panel_lr(ax, sweeps: list[toy.LrSweep]):
     """Fraction of unstable runs against the learning rate, per regime; predicted limit where finite."""
     for sweep in sweeps:
-        (drawn,) = ax.plot(sweep.lrs, unstable_fraction(sweep.fractions), **style.line(sweep.regime, marker="o",
-                                                                                      markersize=3))
+        kw = style.line(sweep.regime, marker="o", markersize=3)
+        (drawn,) = ax.plot(sweep.lrs, unstable_fraction(sweep.fractions), **kw)
         if np.isfinite(sweep.predicted_max_lr):
             ax.axvline(sweep.predicted_max_lr, color=drawn.get_color(), linewidth=0.8, linestyle=":",
                        label=f"predicted limit, {style.label(sweep.regime)}")
-    return style.decorate(ax, "learning rate (SGD)", "fraction of unstable runs", "sampled REINFORCE, bandit",
+    return style.decorate(ax, "learning rate (SGD)", UNSTABLE_LABEL, "sampled REINFORCE, bandit (mode wrong)",
                           xscale="log", ylim=(-0.03, 1.03), legend=False)
 
 
 def panel_alpha(ax, sweeps: dict[str, list[toy.LrSweep]], lr: float):
-    """Fraction of unstable runs against alpha at one learning rate; theory: unstable iff lr > lr_max(alpha)."""
+    """Fraction of unstable runs against alpha at one learning rate; theory: unstable iff lr > lr_max(alpha).
+
+    sweeps: {curve name: one single-lr sweep per alpha}; curves of exact-gradient runs are drawn dotted.
+    """
     lp_ref, r = bandit.wrong_mode_bandit()
     for name, family in sweeps.items():
         alphas = np.array([s.regime.alpha for s in family])
-        kw = {"linestyle": ":", "marker": "x"} if "exact" in name else {"marker": "o", "markersize": 3}
+        exact = "exact" in name
+        kw = {"linestyle": ":", "marker": "x"} if exact else {"marker": "o", "markersize": 3}
         ax.plot(alphas, [unstable_fraction(s.fractions)[0] for s in family],
                 **style.line(family[0].regime, label=name, **kw))
     grid = np.geomspace(min(TEMPERED_ALPHAS) / 2, max(TEMPERED_ALPHAS) * 2, 100)
     predicted = [float(lr > max_stable_lr(Regime.tempered(a), lp_ref, r)) for a in grid]
-    style.theory(ax, grid, predicted, label=f"tempered: predicted unstable iff lr > lr_max(α)", linestyle="--")
-    return style.decorate(ax, r"$\alpha$", "fraction of unstable runs", f"sampled REINFORCE, bandit, lr = {lr:g}",
-                          xscale="log", ylim=(-0.03, 1.03), legend=False)
+    style.theory(ax, grid, predicted, label="tempered: predicted unstable iff lr > lr_max(α)", linestyle="--")
+    style.decorate(ax, r"$\alpha$", UNSTABLE_LABEL, f"bandit (mode wrong), SGD lr = {lr:g}",
+                   xscale="log", ylim=(-0.03, 1.03), legend=False)
+    return style.log_ticks(ax, [0.25, 0.5, 1, 2, 4, 8])
 
 
 def fig_instability(axes=None, quick: bool = False, seed: int = 0):
@@ -87,12 +93,15 @@ def fig_instability(axes=None, quick: bool = False, seed: int = 0):
     lrs = LRS[::2] if quick else LRS
     panel_lr(axes[1, 0], [toy.sweep_lr(regime, lrs=lrs, steps=steps, seeds=seeds) for regime in REGIMES])
     lr = 8.0
-    families = {  # name: (regimes, exact, seeds); the exact gradient is deterministic: one seed
-        "tempered, sampled": ([Regime.tempered(a) for a in TEMPERED_ALPHAS], False, seeds),
-        "tempered, exact gradient": ([Regime.tempered(a) for a in TEMPERED_ALPHAS], True, seeds[:1]),
-        "optimization α·N (β⁻¹=0), sampled": ([Regime("optimization", a, 0.0) for a in TEMPERED_ALPHAS], False, seeds),
+    tempered = [Regime.tempered(a) for a in TEMPERED_ALPHAS]
+    optimization = [Regime("optimization", a, 0.0) for a in TEMPERED_ALPHAS]
+    curves = {  # name: (regimes, exact, seeds); the exact gradient is deterministic: one seed is enough
+        "tempered, sampled": (tempered, False, seeds),
+        "tempered, exact gradient": (tempered, True, seeds[:1]),
+        "optimization α·N (β⁻¹=0), sampled": (optimization, False, seeds),
     }
-    panel_alpha(axes[1, 1], {name: [toy.sweep_lr(regime, lrs=(lr,), steps=steps, seeds=run_seeds, exact=exact)
-                                    for regime in regimes] for name, (regimes, exact, run_seeds) in families.items()}, lr)
+    sweeps = {name: [toy.sweep_lr(regime, lrs=(lr,), steps=steps, seeds=run_seeds, exact=exact) for regime in regimes]
+              for name, (regimes, exact, run_seeds) in curves.items()}
+    panel_alpha(axes[1, 1], sweeps, lr)
     style.figure_legend(axes, ncol=3)
     return axes

@@ -17,6 +17,7 @@ from sharpening.theory.length_bias import expected_length, stop_model_sequences
 from sharpening.toy import sequence
 
 ALPHA_SWEEP = np.unique(np.concatenate([TEMPERED_ALPHAS, np.geomspace(0.25, 16, 60)]))
+ALPHA_TICKS = (0.25, 0.5, 1, 2, 4, 8, 16)
 VARIANTS = (("normal", False, "-"), ("fixed length (EOS ignored)", True, "--"))  # (name, fixed_length, dashes)
 STOP, TOKEN_PROBS, STOP_CAP = 0.3, (0.5, 0.3, 0.2), 6  # the stop model of panel 3: s, u, length cap
 
@@ -55,6 +56,8 @@ def panel_accuracy_and_length(ax_acc, ax_len, alphas=ALPHA_SWEEP, train_alphas=T
                    xscale="log", legend=False, ylim=(-0.03, 1.03))
     style.decorate(ax_len, r"$\alpha$", "expected length E[T] (tokens)", f"sequence toy (L = {L})",
                    xscale="log", legend=False)
+    for ax in (ax_acc, ax_len):
+        style.log_ticks(ax, ALPHA_TICKS)
     return ax_acc, ax_len
 
 
@@ -69,9 +72,10 @@ def panel_stop_model(ax, alphas=ALPHA_SWEEP, stop: float = STOP, token_probs=TOK
     enumerated = [fixed_point(Regime.tempered(a), lp_ref, np.zeros_like(lp_ref), T) @ T for a in alphas[marked]]
     ax.plot(alphas[marked], enumerated, **style.line(Regime.tempered(1.0), label=f"fixed_point over all "
                                                      f"{len(T)} responses", linestyle="none", marker="o"))
-    return style.decorate(ax, r"$\alpha$", "expected length E[T] (tokens)",
-                          f"stop model: s = {stop:g}, V = {len(token_probs)}", xscale="log", legend="upper right",
-                          ylim=(0, 2.5 * cap))  # the uncapped E[T] is infinite for small alpha
+    style.decorate(ax, r"$\alpha$", "expected length E[T] (tokens)",
+                   f"stop model: s = {stop:g}, V = {len(token_probs)}", xscale="log", legend="upper right",
+                   ylim=(0, 2.5 * cap))  # the uncapped E[T] is infinite for small alpha
+    return style.log_ticks(ax, ALPHA_TICKS)
 
 
 def fig_length_bias(axes=None, quick: bool = False, seed: int = 0):

@@ -108,6 +108,8 @@ def fig_pass_at_k(evals: list[EvalResult], axes=None, datasets=None):
                 if name in e.curves:
                     k, value = e.curves[name][metric]
                     ax.plot(k, value, **style.line(e.regime, label=e.label, marker=markers[e.path], markersize=3.5))
-            ax.set_xscale("log", base=2)
             style.decorate(ax, "k (samples per problem)", f"{metric} on {name}", legend=False, ylim=(-0.02, 1.02))
+            ax.set_xscale("log", base=2)
+            k_max = max(e.curves[name][metric][0].max() for e in evals if name in e.curves)
+            style.log_ticks(ax, 2 ** np.arange(int(np.log2(k_max)) + 1))  # 1, 2, 4, ...
     return style.figure_legend(axes, ncol=2)

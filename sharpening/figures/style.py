@@ -53,6 +53,7 @@ RC = {
     "pdf.fonttype": 42,  # embed TrueType, so the text stays editable and searchable in the PDF
 }
 PANEL_SIZE = (3.4, 2.6)  # inches per panel
+LEGEND_ROW = 0.2  # inches of figure height per row of a figure-wide legend
 
 
 def family(regime: Regime | None) -> str:
@@ -133,6 +134,14 @@ def decorate(ax, xlabel: str = "", ylabel: str = "", title: str = "", xscale: st
     return ax
 
 
+def log_ticks(ax, ticks, axis: str = "x"):
+    """Label a log axis at these values as plain numbers (0.5, 1, 2, 4) instead of powers of ten.
+
+    Call after decorate: setting a scale resets the ticks."""
+    getattr(ax, f"set_{axis}ticks")(ticks, labels=[f"{t:g}" for t in ticks])
+    return ax
+
+
 def band(ax, x, values, regime: Regime | None = None, omit: tuple[str, ...] = (), **overrides):
     """Median across seeds as a line, the 25-75% range as a shaded band. values: [len(x), n_seeds]."""
     values = np.asarray(values, dtype=float)
@@ -164,6 +173,8 @@ def figure_legend(axes, ncol: int = 4):
             handles.setdefault(name, h)
     fig = figure_of(axes)
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=ncol, frameon=False)
+    width, height = fig.get_size_inches()  # make room for the legend rather than squeezing the panels
+    fig.set_size_inches(width, height + LEGEND_ROW * (-(-len(handles) // ncol)))
     return axes
 
 

@@ -33,10 +33,9 @@ def panel_power_mass(ax, p: float = 0.6, m: int = 4, alphas=TEMPERED_ALPHAS, ste
     ax.axvline(alpha_star(p, m), color=style.COLORS["theory"], linestyle=":", linewidth=0.8,
                label=f"α* = {alpha_star(p, m):.2f} (mass 1/2)")
     style.decorate(ax, r"$\alpha$", "mass on correct answers",
-                          f"π_ref: {m} correct paths ({p:g} in all), 1 wrong ({1 - p:g})", xscale="log",
-                          legend="lower left")
-    ax.set_xticks(alphas, labels=[f"{a:g}" for a in alphas])  # after the log scale, which resets the ticks
-    return ax
+                          f"π_ref: {m} correct paths ({p:g}), 1 wrong ({1 - p:g})", xscale="log",
+                          legend=False)
+    return style.log_ticks(ax, [a for a in alphas if a != 1.25])  # 1.25 sits too close to 1 for a label
 
 
 def panel_step_size(ax, alphas=(0.5, 2.0, 4.0), ratios=np.linspace(0.6, 1.6, 11), steps: int = 400):
@@ -52,8 +51,8 @@ def panel_step_size(ax, alphas=(0.5, 2.0, 4.0), ratios=np.linspace(0.6, 1.6, 11)
         marker = style.ALPHA_MARKERS.get(alpha, "o")
         ax.plot(ratios, np.maximum(tv, TV_FLOOR), **style.line(regime, label=label, marker=marker, markersize=4))
     ax.axvline(1.0, color=style.COLORS["theory"], linewidth=1.0, label="predicted limit lr = 2 / λ_max")
-    return style.decorate(ax, "learning rate / predicted limit lr_max", f"TV to fixed point after {steps} steps",
-                          "exact gradient ascent, bandit (mode wrong)", yscale="log", legend="center right")
+    return style.decorate(ax, "learning rate / predicted limit lr_max", "TV to fixed point",
+                          f"exact gradient ascent, {steps} steps, bandit", yscale="log", legend=False)
 
 
 def fig_theory_vs_simulation(axes=None, quick: bool = False, seed: int = 0):
@@ -66,4 +65,4 @@ def fig_theory_vs_simulation(axes=None, quick: bool = False, seed: int = 0):
     else:
         panel_power_mass(axes[0], seed=seed)
         panel_step_size(axes[1])
-    return axes
+    return style.figure_legend(axes, ncol=3)

@@ -106,6 +106,8 @@ class TrainConfig:
     """Split of the evaluation datasets."""
     eval_limit: typing.Optional[int] = None
     """Evaluate on the first `eval_limit` problems of each dataset (None: all)."""
+    eval_seed: int = 0
+    """Seed of the eval problems (synthetic: which problems; files: the shuffle before eval_limit); != seed."""
     eval_every: int = 0
     """Evaluate every this many steps; 0 = only at the end (if eval_datasets is set)."""
     eval_n: int = 4
@@ -138,6 +140,9 @@ class TrainConfig:
         _check_choice("device", self.device, DEVICES)
         if self.template != "paper" and "{problem}" not in self.template:
             raise ValueError(f"template={self.template!r} must be 'paper' or a string containing {{problem}}")
+        if self.eval_seed == self.seed and any(d.startswith("synthetic:") for d in self.eval_datasets):
+            raise ValueError(f"eval_seed={self.eval_seed} equals seed: synthetic eval problems would be the "
+                             "training problems; choose another eval_seed")
         if not self.run_name or "/" in self.run_name:
             raise ValueError(f"run_name={self.run_name!r} must be a non-empty name without '/'")
 

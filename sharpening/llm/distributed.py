@@ -114,6 +114,8 @@ DECODE_BANDWIDTH_EFFICIENCY = 0.5  # fraction of HBM bandwidth a vLLM decode ste
 PROMPT_TOKENS = 512  # assumed prompt length (chat template + MATH problem) when the config sets none
 PCIE_BYTES_PER_S = 25e9  # host <-> GPU copies (sleep mode), PCIe Gen5 x16 in practice (assumed)
 CUDA_OVERHEAD_GB = 3.0  # CUDA context, NCCL buffers, allocator fragmentation per GPU (assumed)
+VLLM_BUFFERS_GB = 4.0  # vLLM's forward activations, sampler and CUDA graphs besides weights and KV (assumed)
+MAX_PROMPT_TOKENS = 2048  # the engine's max_model_len leaves this much room for a prompt
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -160,6 +162,8 @@ def plan(config, world_size: int, gpu_memory_gb: float = H100.memory_gb, micro_b
     """
     get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
     model, G, prompts = get("model"), _positive(get, "group_size"), _positive(get, "prompts_per_step")
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"model={model!r} must be a model name or folder")
     if world_size < 1:
         raise ValueError(f"world_size={world_size!r} must be >= 1")
     if prompts % world_size:
@@ -185,7 +189,8 @@ def plan(config, world_size: int, gpu_memory_gb: float = H100.memory_gb, micro_b
                 micro_batch_size=mb, accumulation_steps=math.ceil(per_rank / mb), steps=_positive(get, "steps"),
                 max_new_tokens=T_new, prompt_tokens=T_prompt, params=spec.params, memory=memory,
                 vllm_gpu_memory_utilization=utilization, kv_concurrency=concurrency, seconds=seconds,
-                gpu=gpu.name, fits=max(memory["train_peak"], memory["rollout_peak"]) <= gpu_memory_gb)
+                gpu=gpu.name, fits=max(memory["train_peak"], memory["rollout_peak"]) <= gpu_memory_gb
+                and math.isfinite(seconds["step"]))
 
 
 def memory_estimate(spec: ModelSpec, sequences: int, micro_batch: int, prompt_tokens: int, new_tokens: int,
@@ -201,6 +206,7 @@ def memory_estimate(spec: ModelSpec, sequences: int, micro_batch: int, prompt_to
                      recomputed with its backward, B S (4 h + 2 (n_q + 2 n_kv) d + 3 I) x 2 x 2
       logits          B T_new V x 10   bf16 logits, fp32 log-softmax and its gradient
       vllm weights    2 P       one bf16 copy per rank (tensor parallel 1: data-parallel rollouts)
+      vllm buffers    VLLM_BUFFERS_GB   its forward activations, sampler, CUDA graphs
       kv cache        sequences x S x kv_bytes_per_token for all of this rank's rollouts at once;
                       vLLM gets what is left and schedules in waves when that is less
     With vLLM sleep mode (level 1) the engine's weights go to CPU RAM and its KV cache is freed
@@ -221,13 +227,15 @@ def memory_estimate(spec: ModelSpec, sequences: int, micro_batch: int, prompt_to
     }
     resident = gb["policy_states"] + gb["reference"] + gb["cuda_overhead"]
     gb["train_peak"] = resident + gb["gathered_layers"] + gb["activations"] + gb["logits"]
-    kv_room = max(0.0, 0.9 * gpu.memory_gb - resident - gb["vllm_weights"])  # 10% headroom for vLLM's own buffers
+    gb["vllm_buffers"] = VLLM_BUFFERS_GB
+    engine = gb["vllm_weights"] + gb["vllm_buffers"]
+    kv_room = max(0.0, 0.95 * gpu.memory_gb - resident - engine)  # vLLM refuses to plan past the GPU
     kv = min(gb["kv_cache_all_sequences"], kv_room)
     gb["kv_cache"] = kv
-    gb["rollout_peak"] = resident + gb["vllm_weights"] + kv
-    utilization = (gb["vllm_weights"] + kv) / gpu.memory_gb + 0.02  # vLLM's own activations / sampler
+    gb["rollout_peak"] = resident + engine + kv
+    utilization = (engine + kv) / gpu.memory_gb
     concurrency = kv / gb["kv_cache_all_sequences"] if gb["kv_cache_all_sequences"] else 1.0
-    return {k: round(v, 2) for k, v in gb.items()}, round(min(utilization, 0.95), 3), round(concurrency, 3)
+    return {k: round(v, 2) for k, v in gb.items()}, round(utilization, 3), round(concurrency, 3)
 
 
 def time_estimate(spec: ModelSpec, sequences: int, prompt_tokens: int, new_tokens: int, kv_concurrency: float,
@@ -243,7 +251,9 @@ def time_estimate(spec: ModelSpec, sequences: int, prompt_tokens: int, new_token
              step over PCIe at PCIE_BYTES_PER_S. (The weight sync itself is a GPU-to-GPU copy: negligible.)
     """
     P, S = spec.params, prompt_tokens + new_tokens
-    waves = 1 / max(kv_concurrency, 1e-9)
+    if kv_concurrency * sequences < 1:  # not even one sequence's KV cache fits: vLLM cannot run
+        return {"rollout": math.inf, "train": math.inf, "sleep_wake": math.inf, "step": math.inf}
+    waves = 1 / kv_concurrency
     running = sequences / waves
     mean_kv = running * (prompt_tokens + new_tokens / 2) * spec.kv_bytes_per_token
     bandwidth = gpu.hbm_bytes_per_s * DECODE_BANDWIDTH_EFFICIENCY
@@ -252,6 +262,20 @@ def time_estimate(spec: ModelSpec, sequences: int, prompt_tokens: int, new_token
     sleep = 2 * 2 * P / PCIE_BYTES_PER_S
     return {"rollout": round(rollout, 1), "train": round(train, 1), "sleep_wake": round(sleep, 1),
             "step": round(rollout + train + sleep, 1)}
+
+
+def vllm_settings(config, world_size: int = 1) -> dict:
+    """VLLMEngine keyword arguments for this rank, from the plan: its memory share and max_model_len.
+
+    max_model_len must be set: vLLM otherwise reserves room for the model's full context (262k tokens
+    for Qwen3-4B-Instruct-2507), which no KV budget beside the trainer holds.
+    """
+    import torch
+
+    memory_gb = torch.cuda.get_device_properties(0).total_memory / GiB if torch.cuda.is_available() else 80.0
+    p = plan(config, world_size, memory_gb)
+    return {"gpu_memory_utilization": p.vllm_gpu_memory_utilization,
+            "max_model_len": MAX_PROMPT_TOKENS + p.max_new_tokens}
 
 
 def _auto_micro_batch(spec, per_rank, T_prompt, T_new, world_size, needs_ref, gpu) -> int:
@@ -351,6 +375,18 @@ class Ranks:
         """This rank's share of the step's prompts (whole groups: RLOO stays local)."""
         return indices[rank_slice(len(indices), self.rank, self.world_size)]
 
+    def all_mean(self, value: float) -> float:
+        """The mean over ranks of a per-rank number (step metrics such as the task reward)."""
+        if self.world_size == 1:
+            return float(value)
+        import torch
+        import torch.distributed as dist
+
+        device = getattr(self.accelerator, "device", "cpu")  # NCCL reduces CUDA tensors only
+        t = torch.tensor(float(value), dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return float(t) / self.world_size
+
     def prepare(self, policy, optimizer):
         """FSDP-wrap the policy with its optimizer (the reference stays a plain bf16 replica)."""
         if self.accelerator is None:
@@ -402,7 +438,7 @@ def dry_run(config, world_size: int = 4, gpu_memory_gb: float = H100.memory_gb) 
         f"{m['activations']} + logits {m['logits']} + gathered layers {m['gathered_layers']} + CUDA "
         f"{m['cuda_overhead']} = {m['train_peak']}",
         f"    rollout       resident {m['policy_states'] + m['reference'] + m['cuda_overhead']:.2f} + vLLM weights "
-        f"{m['vllm_weights']} + KV cache {m['kv_cache']} (all sequences at once need "
+        f"{m['vllm_weights']} + vLLM buffers {m['vllm_buffers']} + KV cache {m['kv_cache']} (all sequences at once need "
         f"{m['kv_cache_all_sequences']}) = {m['rollout_peak']}",
         f"    vLLM          gpu_memory_utilization {p.vllm_gpu_memory_utilization}; "
         f"{p.kv_concurrency:.0%} of the rank's sequences decode at once",
@@ -417,10 +453,12 @@ def dry_run(config, world_size: int = 4, gpu_memory_gb: float = H100.memory_gb) 
 
 def _checks(config, p: Plan) -> list:
     """(ok, message) for what the dry run can check without weights or GPUs."""
+    peak = max(p.memory["train_peak"], p.memory["rollout_peak"])
     checks = [(True, f"model shapes known for {p.model}"),
               (True, f"{p.prompts_per_step} prompts split evenly over {p.world_size} GPUs"),
-              (p.fits, f"estimated peak {max(p.memory['train_peak'], p.memory['rollout_peak']):.1f} GB "
-                       f"{'fits in' if p.fits else 'EXCEEDS'} {p.gpu}; lower micro_batch_size if not")]
+              (p.fits, f"estimated peak {peak:.1f} GB fits in {p.gpu}" if p.fits else
+               f"estimated peak {peak:.1f} GB, or the KV cache, does not fit in {p.gpu}: lower micro_batch_size "
+               "or use more GPUs")]
     if config.engine != "vllm":
         checks.append((False, f"engine={config.engine!r}: on GPUs use engine=vllm (paged attention, fast decoding)"))
     elif config.is_cap is None:

@@ -156,7 +156,7 @@ def grade(response: str, gold: str, timeout: float = TIMEOUT_S) -> float:
         pred = extract_boxed(response)
         if not pred:
             return 0.0
-        gold = _normalize_gold(gold)
+        pred, gold = _normalize(pred), _normalize(str(gold))
         if len(pred) > max(MAX_ANSWER_CHARS, 2 * len(gold)) or _nesting_depth(pred) > MAX_DEPTH:
             return 0.0
         pred = final_value(pred, gold)
@@ -167,7 +167,7 @@ def grade(response: str, gold: str, timeout: float = TIMEOUT_S) -> float:
             if is_expression(pred):
                 return 0.0
         return float(_verify_guarded(pred, gold, timeout))
-    except Exception:  # a grader bug must not crash training: count it as wrong
+    except (Exception, _Timeout):  # a grader bug or a late alarm must not crash training: count it as wrong
         return 0.0
 
 
@@ -182,9 +182,8 @@ def grade_batch(responses: list[str], golds: list[str], workers: int = 1, timeou
                             chunksize=max(1, len(responses) // (4 * workers)))
 
 
-def _normalize_gold(gold: str) -> str:
-    gold = str(gold).strip()
-    return gold.replace("np.", "\\")  # minerva_math/5: "np.arcsin(10/13)"
+def _normalize(answer: str) -> str:
+    return answer.strip().replace("np.", "\\")  # minerva_math/5: "np.arcsin(10/13)" is \\arcsin(10/13)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -192,7 +191,7 @@ def _normalize_gold(gold: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-class _Timeout(Exception):
+class _Timeout(BaseException):  # not Exception: sympy and math-verify swallow those
     pass
 
 
@@ -226,16 +225,24 @@ def _verify_with_alarm(pred: str, gold: str, timeout: float) -> bool:
     def on_alarm(signum, frame):
         raise _Timeout
 
+    import math_verify  # noqa: F401  (the first import takes ~1 s: not part of the comparison's time)
+
     old_handler = signal.signal(signal.SIGALRM, on_alarm)
-    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, timeout)
+    # fires again every 0.1 s until cancelled, in case some library code swallows the first _Timeout
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, timeout, 0.1)
     t0 = time.monotonic()
     try:
         return _verify(pred, gold)
     except _Timeout:
         return False
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old_handler)
+        while True:  # a late alarm may interrupt the clean-up itself: repeat it until it is done
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, old_handler)
+                break
+            except _Timeout:
+                continue
         if old_delay > 0:  # the caller's timer keeps running: re-arm what is left of it
             signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - t0), 1e-3), old_interval)
 

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sharpening.llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
-from sharpening.llm.config import TrainConfig, save_config
+from sharpening.llm.config import TrainConfig, save_config, write_atomic
 from sharpening.llm.distributed import micro_batches, token_mean_scale
 from sharpening.llm.models import load_model, load_tokenizer, resolve
 from sharpening.llm.rollout import HFEngine, response_logprobs
@@ -91,7 +91,8 @@ class Trainer:
         self.template = data.PAPER_TEMPLATE if cfg.template == "paper" else cfg.template
         self.problems = data.load_problems(cfg.dataset, split=cfg.split, limit=cfg.limit, seed=cfg.seed)
         self.prompts = [data.format_prompt(self.tokenizer, p.problem, self.template, cfg.prefill) for p in self.problems]
-        self.eval_sets = {name: data.load_problems(name, split=cfg.eval_split, limit=cfg.eval_limit, seed=cfg.seed)
+        self.eval_sets = {name: data.load_problems(name, split=cfg.eval_split, limit=cfg.eval_limit,
+                                                       seed=cfg.eval_seed)
                           for name in cfg.eval_datasets}
         self.step, self.bad_steps = 0, 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -186,20 +187,21 @@ class Trainer:
         return m
 
     # -- evaluation and the loop ---------------------------------------------------------------------
-    def evaluate(self) -> dict:
-        """pass@k (and maj@k) of the current policy on each eval dataset, as flat metric keys."""
+    def evaluate(self, step: int) -> dict:
+        """pass@k and maj@k of the current policy on each eval dataset: written to eval/step_<N>.json (and
+        eval.json after the last step, in the format `sharpening figures` reads), returned as flat metric keys."""
         from sharpening.llm.evaluation import evaluate
 
-        out = {}
-        for name, problems in self.eval_sets.items():
-            res = evaluate(self.engine, problems, n=self.cfg.eval_n, ks=eval_ks(self.cfg.eval_n),
-                           max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
-                           top_p=self.cfg.top_p, prefill=self.cfg.prefill, template=self.template,
-                           seed=self.cfg.seed)
-            out.update({f"eval/{name}/pass@{k}": v for k, v in res["pass@k"].items()})
-            out.update({f"eval/{name}/maj@{k}": v for k, v in res.get("maj@k", {}).items()})
-            out[f"eval/{name}/mean_length"] = res.get("mean_length")
-        return out
+        cfg = self.cfg
+        info = {"run": cfg.run_name, "regime": cfg.regime.to_dict(), "model": cfg.model, "step": step}
+        res = evaluate(self.engine, self.eval_sets, n=cfg.eval_n, ks=eval_ks(cfg.eval_n),
+                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                       prefill=cfg.prefill, template=self.template, tokenizer=self.tokenizer, seed=cfg.eval_seed,
+                       out=self.run_dir / "eval" / f"step_{step:06d}.json", info=info)
+        if step == cfg.steps:
+            write_atomic(self.run_dir / "eval.json", json.dumps(res, indent=1))
+        return {f"eval/{name}/{metric}@{k}": v for name, d in res["datasets"].items()
+                for metric in ("pass", "maj") for k, v in d[f"{metric}@k"].items()}
 
     def train(self) -> list[dict]:
         """Run steps self.step + 1 .. cfg.steps, appending one metrics line per step; returns those lines."""
@@ -210,7 +212,7 @@ class Trainer:
                 m = {"step": step, **self.train_step(step)}
                 self.step = step
                 if self.eval_sets and (step == cfg.steps or cfg.eval_every and step % cfg.eval_every == 0):
-                    m.update(self.evaluate())
+                    m.update(self.evaluate(step))
                 m = {k: _json_number(v) for k, v in m.items()}
                 log.write(json.dumps(m) + "\n")
                 log.flush()

@@ -166,11 +166,12 @@ class VLLMEngine:
     def __init__(self, model_path: str, tokenizer, *, gpu_memory_utilization: float = 0.3,
                  max_model_len: int | None = None, dtype: str = "bfloat16", sleep_level: int = 1,
                  seed: int = 0, backend=None):
-        """model_path: a local HF folder (save the policy with save_pretrained first: no hub access).
-        sleep_level: 0 keeps the engine resident, 1 parks its weights in CPU RAM during training."""
+        """model_path: the policy's initial weights, a local HF folder or a model in the HF cache (no download).
+        sleep_level: 0 keeps the engine resident, 1 parks its weights in CPU RAM during training.
+        backend: what runs the samples (default: vLLM in this process); tests pass a stand-in."""
         if sleep_level not in (0, 1):
             raise ValueError(f"sleep_level={sleep_level!r} must be 0 (stay resident) or 1 (weights to CPU RAM)")
-        self.tokenizer, self.sleep_level, self.seed = tokenizer, sleep_level, seed
+        self.tokenizer, self.sleep_level = tokenizer, sleep_level
         self.backend = backend or _VLLMBackend(model_path, gpu_memory_utilization, max_model_len, dtype,
                                                sleep_level > 0, seed)
         self.sync = WeightSync()
@@ -243,7 +244,7 @@ class _VLLMBackend:
 
     def __init__(self, model_path, gpu_memory_utilization, max_model_len, dtype, enable_sleep_mode, seed):
         vllm = import_vllm()
-        rank = int(os.environ.setdefault("RANK", "0"))
+        self.rank = rank = int(os.environ.setdefault("RANK", "0"))
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -253,15 +254,17 @@ class _VLLMBackend:
                             max_model_len=max_model_len, enable_sleep_mode=enable_sleep_mode,
                             distributed_executor_backend="external_launcher", seed=seed + rank)
 
-    def _model(self):
-        """The engine's torch module (in-process with external_launcher); vLLM moved it across versions."""
-        executor = self.llm.llm_engine.model_executor
-        worker = executor.driver_worker
-        worker = getattr(worker, "worker", worker)
-        return worker.model_runner.model
-
     def load_weights(self, pairs):
-        self._model().load_weights(pairs)
+        """vLLM's own load_weights (HF names in, fused in place); LLM.apply_model where vLLM has it, else
+        the in-process worker's model as TRL reaches it (the attribute path moved across vLLM versions)."""
+        if hasattr(self.llm, "apply_model"):
+            def load(model):
+                model.load_weights(pairs)  # returns the names it loaded: nothing needs to come back
+
+            self.llm.apply_model(load)
+            return
+        worker = self.llm.llm_engine.model_executor.driver_worker
+        getattr(worker, "worker", worker).model_runner.model.load_weights(pairs)
 
     def reset_prefix_cache(self):
         self.llm.reset_prefix_cache()
@@ -274,10 +277,10 @@ class _VLLMBackend:
         self.llm.wake_up(tags=tags)
 
     def generate(self, prompt_ids, n, max_new_tokens, temperature, top_p, ignore_eos, seed):
+        # one seed per (step seed, rank, prompt): seed + i would reuse streams across consecutive steps
+        seeds = [None if seed is None else hash((seed, self.rank, i)) % 2**31 for i in range(len(prompt_ids))]
         params = [self.vllm.SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                           ignore_eos=ignore_eos, logprobs=0,
-                                           seed=None if seed is None else seed + i)
-                  for i in range(len(prompt_ids))]
+                                           ignore_eos=ignore_eos, logprobs=0, seed=s) for s in seeds]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
         return [[(list(c.token_ids), [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)],
                   c.finish_reason == "length")

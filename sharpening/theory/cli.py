@@ -195,19 +195,19 @@ def length_bias_command(args) -> int:
     alphas = np.array(args.alphas)
     if (alphas < 0).any():
         raise ValueError(f"--alphas {args.alphas} must all be >= 0")
-    q = 1 - args.p
-    print(f"Many correct paths: pass@1 p = {args.p:g} over m = {args.m} sequences ({args.p / args.m:.3g} each), "
-          f"one wrong sequence q = {q:.3g}")
+    # compute everything first: bad input fails before anything is printed
     mass = lb.correct_mass(alphas, args.p, args.m)
-    print(_table(["alpha", "mass on correct under pi_ref^alpha"], [[float(a), float(c)] for a, c in zip(alphas, mass)]))
     a_star = lb.alpha_star(args.p, args.m) if args.m >= 2 else math.nan
+    lengths = [[float(a), float(lb.expected_length(a, args.stop, args.token_probs)),
+                lb.expected_length(a, args.stop, args.token_probs, args.max_len)] for a in alphas]
+    modes = [lb.mode_length(args.stop, args.token_probs), lb.mode_length(args.stop, args.token_probs, args.max_len)]
+    print(f"Many correct paths: pass@1 p = {args.p:g} over m = {args.m} sequences ({args.p / args.m:.3g} each), "
+          f"one wrong sequence q = {1 - args.p:.3g}")
+    print(_table(["alpha", "mass on correct under pi_ref^alpha"], [[float(a), float(c)] for a, c in zip(alphas, mass)]))
     print(f"limit alpha -> inf: {lb.correct_mass_limit(args.p, args.m):g}   alpha* (mass = 1/2): {a_star:.4g}")
     print(f"\nLength bias: stop probability s = {args.stop:g}, content tokens u = {args.token_probs}")
-    rows = [[float(a), float(lb.expected_length(a, args.stop, args.token_probs)),
-             lb.expected_length(a, args.stop, args.token_probs, args.max_len)] for a in alphas]
-    print(_table(["alpha", "E[T] (no cap)", f"E[T] (cap {args.max_len})"], rows))
-    print(f"mode length (alpha -> inf): {lb.mode_length(args.stop, args.token_probs)} (no cap), "
-          f"{lb.mode_length(args.stop, args.token_probs, args.max_len)} (cap {args.max_len})")
+    print(_table(["alpha", "E[T] (no cap)", f"E[T] (cap {args.max_len})"], lengths))
+    print(f"mode length (alpha -> inf): {modes[0]} (no cap), {modes[1]} (cap {args.max_len})")
     return 0
 
 
@@ -217,13 +217,13 @@ def snr_command(args) -> int:
     u = np.array(args.token_probs)
     regimes = [Regime.task_reward(), Regime.sharpening(), Regime.sharpening("mean"), Regime.tempered(args.alpha),
                Regime.tilted(args.alpha, args.beta_inv)]
+    moments = [[gradient_moments(g, u, u, T, args.G) for T in args.T] for g in regimes]
+    header = ["regime"] + [f"T={T}" for T in args.T]
     print(f"SNR = ||E g||^2 / E||g - E g||^2 of the leave-one-out gradient, G = {args.G}, fixed length T, "
           f"pi = pi_ref = {u.tolist()}, p = {u[0]:g}")
-    rows = [[g.name] + [gradient_moments(g, u, u, T, args.G).snr for T in args.T] for g in regimes]
-    print(_table(["regime"] + [f"T={T}" for T in args.T], rows))
+    print(_table(header, [[g.name] + [m.snr for m in row] for g, row in zip(regimes, moments)]))
     print("\n||E g|| (the gradient's scale)")
-    rows = [[g.name] + [math.sqrt(gradient_moments(g, u, u, T, args.G).signal) for T in args.T] for g in regimes]
-    print(_table(["regime"] + [f"T={T}" for T in args.T], rows))
+    print(_table(header, [[g.name] + [math.sqrt(m.signal) for m in row] for g, row in zip(regimes, moments)]))
     return 0
 
 
@@ -233,9 +233,9 @@ def stability_command(args) -> int:
     pi_ref, r = np.array(args.pi_ref), np.array(args.reward)
     if r.shape != pi_ref.shape or (pi_ref <= 0).any():
         raise ValueError(f"--pi-ref {args.pi_ref} must be positive with one --reward per entry, got {args.reward}")
-    print(f"max stable learning rate of exact gradient ascent on softmax logits, pi_ref = {args.pi_ref}, "
-          f"r = {args.reward}")
     rows = [[f"alpha={a:g}"] + [max_stable_lr(Regime("sampling", a, b), np.log(pi_ref), r) for b in args.beta_invs]
             for a in args.alphas]
+    print(f"max stable learning rate of exact gradient ascent on softmax logits, pi_ref = {args.pi_ref}, "
+          f"r = {args.reward}")
     print(_table(["", *[f"beta_inv={b:g}" for b in args.beta_invs]], rows))
     return 0

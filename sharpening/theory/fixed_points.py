@@ -24,7 +24,10 @@ def log_fixed_point(regime: Regime, lp_ref, task_reward, lengths=None) -> np.nda
     lp_ref, r = _check(lp_ref, task_reward, lengths)
     lengths = None if lengths is None else np.asarray(lengths, dtype=float)
     if regime.mode == "sampling":
-        logits = lp_ref + (regime.alpha - 1) * normalize(regime, lp_ref, lengths) + regime.beta_inv * r
+        with np.errstate(invalid="ignore"):  # -inf * (alpha - 1 <= 0) is NaN: such y keep no mass
+            logits = lp_ref + (regime.alpha - 1) * normalize(regime, lp_ref, lengths) + regime.beta_inv * r
+        logits = np.where(np.isneginf(lp_ref), -np.inf, logits)
+        logits = logits - logits.max()  # O(1) numbers before normalizing: exact to 1e-16 at lp_ref = -1e4
         return logits - _logsumexp(logits)
     if regime.mode == "none":
         score = r
@@ -39,8 +42,8 @@ def log_fixed_point(regime: Regime, lp_ref, task_reward, lengths=None) -> np.nda
 def fixed_point(regime: Regime, lp_ref, task_reward, lengths=None) -> np.ndarray:
     """pi*(y) for every y of the enumerable output space: probabilities with the shape of lp_ref.
 
-    lp_ref: log pi_ref(y) for each y, 1-D (need not be normalized; only its differences matter to the
-    sampling optimum up to the alpha power); task_reward: r(y), same shape; lengths: T(y), needed for
+    lp_ref: log pi_ref(y) for each y, 1-D (-inf for impossible outputs, which get no mass; with the
+    mean or weighted_mean normalization it must be the true, normalized log-likelihood); task_reward: r(y), same shape; lengths: T(y), needed for
     the mean and weighted_mean normalizations. Stable for log-probs down to -1e4 and beyond.
     """
     return np.exp(log_fixed_point(regime, lp_ref, task_reward, lengths))

@@ -14,7 +14,7 @@ them, so the small autoregressive model of `sharpening.toy.sequence` reuses it u
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -68,7 +68,6 @@ class TrainResult:
     regime: Regime
     exact: bool
     lr: float
-    extra: dict = field(default_factory=dict)
 
     HISTORY = ("task_reward", "entropy", "tv_to_fixed_point", "grad_norm", "reward_var", "mean_length", "max_logit")
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -48,6 +49,7 @@ def _add_common(p, lr):
     p.add_argument("--max-grad-norm", type=float, help="clip each seed's gradient to this norm")
     p.add_argument("--exact", action="store_true", help="expected-gradient dynamics instead of sampling")
     p.add_argument("--plot", metavar="FILE", help="save the history (reward, distance, entropy) to FILE")
+    p.add_argument("--metrics", metavar="FILE", help="append the history to FILE as JSONL, one line per logged step")
 
 
 def regime_from_args(args) -> Regime:
@@ -93,7 +95,20 @@ def _run(args, make_policy, label):
     if args.plot:
         plot_history(result, args.plot)
         print(f"wrote {args.plot}")
+    if args.metrics:
+        append_metrics(result, args.metrics)
+        print(f"appended {len(result.steps)} lines to {args.metrics}")
     return 0
+
+
+def append_metrics(result: bandit.TrainResult, path: str):
+    """One flat JSON line per logged step: step, regime, exact, and each history metric's mean over seeds."""
+    with open(path, "a") as log:
+        for row, step in enumerate(result.steps):
+            line = {"step": int(step), "regime": result.regime.name, "exact": result.exact}
+            line.update({name: float(getattr(result, name)[row].mean()) for name in bandit.TrainResult.HISTORY})
+            log.write(json.dumps(line) + "\n")
+            log.flush()
 
 
 def _fmt(v):

@@ -40,7 +40,8 @@ class TreePolicy:
     """Tabular softmax per prefix over V content tokens + EOS, max length L; theta: [S, n_nodes, V + 1].
 
     ref_logp: [n_nodes, V + 1] log pi_ref(token | prefix) of the reference model (-inf: a token pi_ref
-    never emits there, which the policy never emits either; EOS is never allowed at the root). correct: the answer token that earns r = 1. fixed_length: forbid EOS (every response has T = L).
+    never emits there, which the policy never emits either; EOS is never allowed at the root).
+    correct: the answer token that earns r = 1. fixed_length: forbid EOS (every response has T = L).
     Enumerated outputs Y (attributes, tensors [|Y|]): lp_ref, r, lengths; `sequences` names them.
     """
 
@@ -132,6 +133,21 @@ class TreePolicy:
             alive = alive & (end < 0)
             node = torch.where(alive, child, 0)
         return y, torch.stack(logp_tok, -1), torch.stack(mask, -1)
+
+
+class SharedTokenPolicy(TreePolicy):
+    """The same tree of responses, but one logit vector shared by every prefix: theta [S, V + 1].
+
+    pi(y) = prod_t softmax(theta + mask)[y_t]: a position-independent token policy, the model of
+    sharpening.theory.instability.gradient_moments. theta_0 = the root row of ref_logp (use it with a
+    reference that is the same at every prefix, e.g. sharpening.toy.instability.iid_model's).
+    """
+
+    def init_logits(self, n_seeds: int) -> torch.Tensor:
+        return super().init_logits(n_seeds)[:, 0]  # [S, V + 1]
+
+    def token_log_probs(self, theta):
+        return torch.log_softmax(theta[:, None, :] + self.bias, -1)  # [S, n_nodes, V + 1]
 
 
 def markov_ref_logp(V: int, L: int, start, next_table, jitter: float = 0.0, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,48 @@
+"""`sharpening llm train --config FILE [key=value ...]` and `sharpening llm eval ...`."""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_parser(subparsers) -> None:
+    llm = subparsers.add_parser("llm", help="train and evaluate language models")
+    sub = llm.add_subparsers(dest="llm_command", metavar="{train,eval}")
+    llm.set_defaults(func=lambda args: llm.print_help())
+
+    train = sub.add_parser("train", help="RL-train a model with one regime of the objective",
+                           description="Train with the settings of a YAML config; `key=value` overrides come last "
+                                       "(e.g. lr=3e-6 regime.alpha=2). Writes out_dir/run_name/{config.yaml,"
+                                       "metrics.jsonl,checkpoints/}.")
+    train.add_argument("--config", help="YAML config file (see configs/)")
+    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    train.set_defaults(func=run_train)
+
+    ev = sub.add_parser("eval", help="pass@k / maj@k of a model or checkpoint on math benchmarks")
+    try:
+        from sharpening.llm import evaluation
+
+        evaluation.add_eval_arguments(ev)
+        ev.set_defaults(func=evaluation.run_eval)
+    except (ImportError, AttributeError) as err:  # the evaluation module is another engineer's
+        ev.set_defaults(func=lambda args, err=err: sys.exit(f"sharpening llm eval is unavailable: {err}"))
+
+
+def run_train(args) -> int:
+    from sharpening.llm.config import load_config
+    from sharpening.llm.trainer import Trainer, TrainingDiverged
+
+    overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
+    try:
+        cfg = load_config(args.config, overrides)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"sharpening llm train: {err}")
+    trainer = Trainer(cfg)
+    try:
+        trainer.train()
+    except TrainingDiverged as err:
+        print(f"sharpening llm train: {err}", file=sys.stderr)
+        return 1
+    print(f"run folder: {cfg.run_dir}")
+    return 0

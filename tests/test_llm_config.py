@@ -1,0 +1,101 @@
+"""Training configs: YAML + key=value overrides, errors that list what is allowed, every shipped config resolves."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sharpening.llm.checkpoint import truncate_metrics
+from sharpening.llm.config import load_config, parse_regime
+from sharpening.llm.trainer import eval_ks, warmup_factor
+from sharpening.objective import Regime
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["lr=3e-6", "regime.alpha=2", "regime.mode=sampling", "eval_datasets=[math500]",
+                             "is_cap=20", "limit=null", "ignore_eos=true"])
+    assert cfg.lr == 3e-6 and cfg.is_cap == 20.0 and cfg.limit is None and cfg.ignore_eos is True
+    assert cfg.eval_datasets == ["math500"]
+    # task reward (optimization, 0, 1) with alpha and mode changed: sampling, alpha 2, beta_inv 1
+    assert cfg.regime == Regime("sampling", alpha=2.0, beta_inv=1.0)
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-6\nsteps: 7\nregime: {preset: tempered, alpha: 2}\n")
+    cfg = load_config(path, ["steps=9", "regime.alpha=4"])
+    assert (cfg.lr, cfg.steps) == (1e-6, 9)  # YAML reads 1e-6 as a string: it must still be a float
+    assert cfg.regime == Regime("sampling", alpha=4.0, beta_inv=0.0)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("sharpening", Regime("optimization", alpha=1.0, beta_inv=0.0)),
+    ("task_reward", Regime("optimization", alpha=0.0, beta_inv=1.0)),
+    ({"preset": "tilted", "alpha": 2, "beta_inv": 100}, Regime("sampling", 2.0, 100.0)),
+    ({"mode": "optimization", "alpha": 1, "normalization": "mean"}, Regime("optimization", 1.0, 0.0, "mean")),
+])
+def test_regime_forms(spec, expected):
+    assert parse_regime(spec) == expected
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["lrr=1"], "valid keys: ["),
+    (["lr=fast"], "lr='fast' must be a number"),
+    (["steps=1.5"], "steps=1.5 must be of type int"),
+    (["engine=tpu"], "engine='tpu' is not one of ('hf', 'vllm')"),
+    (["dtype=int8"], "is not one of ('float32', 'bfloat16', 'float16')"),
+    (["group_size=1"], "group_size=1 must be >= 2"),
+    (["top_p=0"], "top_p=0.0 must be in (0, 1]"),
+    (["regime.gamma=1"], "unknown regime parameter 'gamma'; valid: ['preset', 'mode', 'alpha'"),
+    (["regime=greedy"], "unknown regime preset 'greedy'; choose one of"),
+    (["regime.alpha=-1"], "Regime.alpha=-1 must be a finite real number >= 0"),
+    (["template=no placeholder"], "must be 'paper' or a string containing {problem}"),
+    (["eval_datasets=[synthetic:add]", "eval_seed=42"], "eval_seed=42 equals seed"),
+    (["lr"], "must look like key=value"),
+])
+def test_bad_values_name_the_fix(overrides, message):
+    with pytest.raises(ValueError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+
+
+def test_unknown_key_in_yaml_lists_valid_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1e-6\n")
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['learning_rate'\]; valid keys: .*'lr'"):
+        load_config(path)
+
+
+def test_every_shipped_config_resolves():
+    paths = sorted((CONFIGS / "cpu").glob("*.yaml")) + sorted((CONFIGS / "paper").glob("*/*.yaml"))
+    assert len(paths) == 6 + 3 * 17  # cpu: 4 regimes + demo pair; paper: 3 models x (2 + 5 tempered + 10 tilted)
+    cfgs = {p.relative_to(CONFIGS).as_posix(): load_config(p) for p in paths}
+    qwen3 = cfgs["paper/qwen3-4b/tilted_a4_b10000.yaml"]
+    assert (qwen3.prompts_per_step, qwen3.group_size, qwen3.steps, qwen3.max_new_tokens) == (64, 8, 1000, 4096)
+    assert qwen3.regime == Regime("sampling", 4.0, 1e4)
+    llama = cfgs["paper/llama3.2-3b/sharpening.yaml"]
+    assert (llama.model, llama.dataset, llama.prompts_per_step, llama.steps, llama.max_new_tokens) == (
+        "meta-llama/Llama-3.2-3B-Instruct", "math_train", 32, 500, 2048)
+    assert (llama.lr, llama.weight_decay, llama.warmup_start, llama.warmup_steps, llama.max_grad_norm,
+            llama.temperature, llama.eval_every, llama.seed) == (1e-6, 0.01, 0.1, 50, 1.0, 1.0, 20, 42)
+    assert cfgs["cpu/demo_sharpening.yaml"].regime == Regime.sharpening()
+    assert cfgs["cpu/demo_sharpening.yaml"].prefill == "\\boxed{"
+
+
+def test_warmup_is_linear_from_start_to_one():
+    # the paper: factor 0.1 -> 1 over 50 steps
+    assert [warmup_factor(s, 0.1, 50) for s in (0, 25, 50, 80)] == pytest.approx([0.1, 0.55, 1.0, 1.0])
+    assert warmup_factor(0, 0.1, 0) == 1.0
+
+
+def test_eval_ks_are_powers_of_two_up_to_n():
+    assert eval_ks(16) == (1, 2, 4, 8, 16) and eval_ks(6) == (1, 2, 4, 6) and eval_ks(1) == (1,)
+
+
+def test_truncate_metrics_keeps_steps_up_to_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "x": s * 1.5}) + "\n" for s in (1, 2, 3, 4)))
+    assert truncate_metrics(path, 2) == 2
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
