@@ -134,10 +134,11 @@ def test_text_around_the_box_and_only_the_last_box_counts():
     assert grade("First I thought \\boxed{6}, but recomputing: \\boxed{5}.", "6") == 0.0
 
 
+@pytest.mark.slow
 def test_every_gold_answer_grades_correct_against_itself():
     """Each data set's gold answer, boxed, is correct; and a sample of them is wrong against other golds."""
     slow = []
-    for name in ("aime24", "aime25", "hmmt25", "amc23", "minerva_math"):
+    for name in ("aime24", "aime25", "hmmt25", "amc23", "minerva_math", "math500"):
         rows = [json.loads(line) for line in open(data_dir() / f"{name}.jsonl")]
         for row in rows:
             t0 = time.monotonic()

@@ -53,6 +53,8 @@ def load_problems(source: str, split: str = "test", limit: int | None = None, se
         raise ValueError(f"limit={limit!r} must be a positive number of problems (or None for all)")
     if source.startswith("synthetic:"):
         task, _, digits = source.removeprefix("synthetic:").partition(":")
+        if not (digits or "1").isdigit():
+            raise ValueError(f"{source!r}: the digits after the task must be an integer, as in synthetic:add:2")
         n = limit if limit is not None else 1000
         return synthetic_problems(n, task=task, digits=int(digits or 1), seed=seed or 0)
     if source in BENCHMARKS:
