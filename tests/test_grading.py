@@ -49,7 +49,8 @@ def test_extract_boxed_deep_nesting():
     ("-1", Fraction(-1)), ("6.0", Fraction(6)), (".5", Fraction(1, 2)), ("-1./3", Fraction(-1, 3)),
     ("4.5e33", Fraction(45 * 10**32)), ("1.77e-6", Fraction(177, 10**8)), ("4.5 \\times 10^{33}", Fraction(45 * 10**32)),
     ("\\$5.00", Fraction(5)), ("30^\\circ", Fraction(30)), ("12\\mbox{ inches}^2", Fraction(12)), ("50\\%", Fraction(50)),
-    ("1,2", None), ("0 + 6", None), ("\\frac{1}{2}", None), ("x", None), ("", None),
+    ("\\frac{1}{2}", Fraction(1, 2)), ("-\\dfrac{3}{4}", Fraction(-3, 4)), ("\\frac12", Fraction(1, 2)),
+    ("1,2", None), ("0 + 6", None), ("\\frac{x}{2}", None), ("\\frac{1}{0}", None), ("x", None), ("", None),
 ])
 def test_parse_number(text, value):
     assert parse_number(text) == value
@@ -106,7 +107,8 @@ def test_quirks(pred, gold, r):
 
 @pytest.mark.parametrize("pred, gold, r", [
     # Restating the question is not an answer, although math-verify evaluates "0 + 6" to 6 and credits it.
-    ("0 + 6", "6", 0.0), ("7 + 9", "16", 0.0), ("2 \\cdot 3", "6", 0.0), ("12 - 6", "6", 0.0), ("3 \\times 2", "6", 0.0),
+    ("0 + 6", "6", 0.0), ("7 + 9", "16", 0.0), ("0 + 0.5", "\\frac12", 0.0), ("1 - \\frac{1}{2}", "\\frac{1}{2}", 0.0),
+    ("2 \\cdot 3", "6", 0.0), ("12 - 6", "6", 0.0), ("3 \\times 2", "6", 0.0),
     # A final value after '=' is the answer.
     ("7 + 9 = 16", "16", 1.0), ("7 + 9 = 15", "16", 0.0), ("x = 5", "5", 1.0), ("16 = 7 + 9", "16", 0.0),
     # A single fraction or root is an answer, not a restated sum.

@@ -5,7 +5,6 @@ checked against a plain forward pass written here: one unpadded sequence at a ti
 position ids, none of the package's log-prob code.
 """
 
-import copy
 import json
 
 import pytest
@@ -60,7 +59,7 @@ def test_rollout_logprobs_mask_and_fixed_length(initial_model):
     tok = load_tokenizer("smollm2")
     engine = HFEngine(initial_model, tok)
     prompts = [format_prompt(tok, q, prefill="\\boxed{") for q in ("What is 3 + 5?", "What is 12 + 7 - 4?")]
-    roll = engine.generate(prompts, n=3, max_new_tokens=10, seed=0)
+    roll = engine.generate(prompts, n=3, max_new_tokens=10, seed=0)  # [6, <=10]
     assert roll.tokens.shape[0] == 6 and roll.group.tolist() == [0, 0, 0, 1, 1, 1]
     torch.testing.assert_close(roll.lp_old_tok, plain_logprobs(initial_model, roll), atol=1e-4, rtol=0)
     for i in range(6):  # mask: a prefix; the response stops at its EOS or at 10 tokens
@@ -75,18 +74,29 @@ def test_rollout_logprobs_mask_and_fixed_length(initial_model):
     assert fixed.lengths.tolist() == [10.0] * 6 and fixed.truncated.all()
 
 
-def test_shaped_reward_equals_objective_on_independent_logprobs(tmp_path, initial_model):
-    """Step 2 (policy already moved): R == shaped_reward(regime, r, lp_ref, lp_old) with lp_ref from the initial
-    model and lp_old from the policy after step 1, both recomputed by plain_logprobs."""
-    regime = Regime("sampling", alpha=2.0, beta_inv=0.0, normalization="mean")
-    tr = make_trainer(tmp_path, "regime={mode: sampling, alpha: 2, normalization: mean}", "group_size=4", "lr=1e-4")
-    tr.train_step(1)
-    policy_after_step_1 = copy.deepcopy(tr.policy).eval()
-    tr.train_step(2)
+REGIME_A = ["regime={mode: sampling, alpha: 2, normalization: mean}", "lr=1e-4", "save_every=1"]
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory):
+    """An uninterrupted 2-step run of a regime that uses lp_ref, lp_old and lengths, checkpointed every step."""
+    out = tmp_path_factory.mktemp("runs")
+    tr = make_trainer(out, *REGIME_A, "steps=2", "run_name=a", "group_size=3")
+    tr.train()
+    return tr, out
+
+
+def test_shaped_reward_equals_objective_on_independent_logprobs(run_a, initial_model):
+    """Step 2 (the policy has moved): R == shaped_reward(regime, r, lp_ref, lp_old) with lp_ref from the initial
+    model and lp_old from the step-1 checkpoint's weights, both recomputed by plain_logprobs."""
+    from sharpening.llm.models import load_model
+
+    tr, out = run_a
     roll, r, R = tr.last["roll"], tr.last["r"], tr.last["R"]
     lp_ref_tok = plain_logprobs(initial_model, roll)
-    lp_old_tok = plain_logprobs(policy_after_step_1, roll)
+    lp_old_tok = plain_logprobs(load_model(str(out / "a" / "checkpoints" / "step_000001")), roll)
     assert (lp_ref_tok - lp_old_tok).abs().sum() > 0.1  # the policy moved: lp_old is not lp_ref
+    regime = Regime("sampling", alpha=2.0, beta_inv=0.0, normalization="mean")
     expected = shaped_reward(regime, r, lp_ref_tok, lp_old_tok, mask=roll.mask)
     torch.testing.assert_close(R, expected, atol=1e-4, rtol=0)
     # and by hand: (alpha - 1) * lp_ref / T + lp_ref - lp_old
@@ -98,16 +108,16 @@ def test_micro_batches_keep_the_token_mean_exact(tmp_path):
     """The gradient with micro-batches of 1 sequence equals the full-batch token-mean REINFORCE gradient."""
     from sharpening.llm.rollout import response_logprobs
 
-    tr = make_trainer(tmp_path, "lr=0", "weight_decay=0", "max_grad_norm=1e9", "group_size=4", "max_new_tokens=12")
-    roll = tr.engine.generate([tr.prompts[0]], n=4, max_new_tokens=12, seed=3)
-    A = torch.tensor([1.0, -2.0, 0.5, 0.5])
+    tr = make_trainer(tmp_path, "lr=0", "weight_decay=0", "max_grad_norm=1e9", "group_size=3")
+    roll = tr.engine.generate([tr.prompts[0]], n=3, max_new_tokens=8, seed=3)
+    A = torch.tensor([1.0, -2.0, 0.5])
     params = [p for p in tr.policy.parameters()]
     tr.policy.zero_grad()
     logp_tok = response_logprobs(tr.policy, roll)
     (-(A[:, None] * logp_tok * roll.mask).sum() / roll.mask.sum()).backward()  # the loss by hand
     full = [p.grad.clone() for p in params]
     tr.cfg.micro_batch_size = 1
-    tr.update(roll, A)
+    tr.update(roll, A, step=1)
     for g, p in zip(full, params):
         torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-4)
 
@@ -141,19 +151,17 @@ def test_two_steps_of_each_regime(tmp_path, regime):
         assert torch.equal(p, q)
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
-    """Run A: 2 steps. Run B: 1 step, a half-written step-2 metrics line (killed before its checkpoint), then
+def test_resume_after_a_kill_matches_an_uninterrupted_run(run_a):
+    """Run A: 2 steps. Run B: 1 step, a step-2 metrics line written before a kill (no step-2 checkpoint), then
     resume. B's metrics are steps 1, 2 once each and equal A's (all but timings); final weights are equal."""
-    common = ["regime={preset: tempered, alpha: 2}", "lr=1e-4", "save_every=1"]
-    a = make_trainer(tmp_path, *common, "steps=2", "run_name=a")
-    a.train()
-    make_trainer(tmp_path, *common, "steps=1", "run_name=b").train()
-    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
+    a, out = run_a
+    make_trainer(out, *REGIME_A, "steps=1", "run_name=b", "group_size=3").train()
+    with open(out / "b" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 2, "reward/task": 0.5}) + "\n")  # logged, then killed before saving
-    b = make_trainer(tmp_path, *common, "steps=2", "run_name=b", "resume=true")
+    b = make_trainer(out, *REGIME_A, "steps=2", "run_name=b", "group_size=3", "resume=true")
     assert b.step == 1
     b.train()
-    lines_a, lines_b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    lines_a, lines_b = read_metrics(out / "a"), read_metrics(out / "b")
     assert [m["step"] for m in lines_b] == [1, 2]
     untimed = lambda m: {k: v for k, v in m.items() if not k.startswith("time/")}  # noqa: E731
     assert [untimed(m) for m in lines_b] == [untimed(m) for m in lines_a]

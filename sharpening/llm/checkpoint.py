@@ -1,7 +1,7 @@
 """Checkpoints of a training run, written atomically, and resuming without losing or repeating a step.
 
     run_dir/checkpoints/step_000020/   model.safetensors + config.json + tokenizer (a loadable HF folder)
-                                       trainer_state.pt: step, optimizer, scheduler, RNG states, bad-step count
+                                       trainer_state.pt: step, optimizer, RNG states, bad-step count
 
 A checkpoint is written into a temp folder next to its final place and renamed when complete, so a run
 killed mid-save leaves either the previous checkpoints or the new one, never half of one. Resuming loads
@@ -55,8 +55,10 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, scheduler, extra=None, keep: int = 2) -> Path:
-    """Write checkpoints/step_<step> atomically and delete all but the `keep` newest checkpoints."""
+def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, extra=None, keep: int = 2) -> Path:
+    """Write checkpoints/step_<step> atomically and delete all but the `keep` newest checkpoints.
+
+    The learning-rate schedule is a function of the step (trainer.warmup_factor), so the step is its state."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step_{step:06d}"
@@ -64,7 +66,7 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, scheduler, 
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        state = {"step": step, "optimizer": optimizer.state_dict(),
                  "rng": rng_states(), **(extra or {})}
         torch.save(state, tmp / STATE_FILE)
         if target.exists():  # a re-run of the same step after a resume: the new one replaces it
@@ -77,13 +79,12 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, scheduler, 
     return target
 
 
-def load_checkpoint(path, model, optimizer, scheduler) -> dict:
-    """Load weights, optimizer, scheduler and RNG states from a checkpoint folder; returns its state dict."""
+def load_checkpoint(path, model, optimizer) -> dict:
+    """Load weights, optimizer and RNG states from a checkpoint folder; returns its state dict."""
     path = Path(path)
     load_weights(model, path)
     state = torch.load(path / STATE_FILE, weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
     set_rng_states(state["rng"])
     return state
 

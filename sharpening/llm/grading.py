@@ -4,7 +4,8 @@
       1. pred = content of the last \\boxed{...} (nested braces); no box, an unclosed box -> 0
       2. pred longer than MAX_ANSWER_CHARS (or 2 x the gold), or nested deeper than MAX_DEPTH -> 0
       3. "lhs = value" -> value (the final value after the last '=' or \\approx), unless the gold is an equation
-      4. both plain numbers -> compare numbers: exact if the gold is an integer, else relative tolerance RTOL
+      4. both plain numbers (integer, decimal, e-notation, \\frac{a}{b}) -> compare numbers: exact if the gold is
+         written as an integer, else relative tolerance RTOL
       5. gold a plain number, pred an unevaluated expression (a binary + - * \\times \\cdot \\div) -> 0
       6. otherwise math-verify's parse + verify, under a wall-clock limit of `timeout` seconds -> 0 on timeout
 
@@ -65,7 +66,7 @@ def extract_boxed(text: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Plain numbers: "025", "2,125", "10,\!080", "-1./3", "4.5e33", "4.5 \times 10^{33}", "\$5", "30^\circ", "12 cm"
+# Plain numbers: "025", "2,125", "10,\!080", "-1./3", "\frac{3}{4}", "4.5e33", "4.5 \times 10^{33}", "\$5", "30^\circ"
 # ---------------------------------------------------------------------------------------------------------
 
 _UNIT = re.compile(r"\\(?:text|textbf|mbox|mathrm)\s*\{[^{}]*\}(?:\^\{?\d\}?)?")
@@ -73,6 +74,8 @@ _DECORATION = re.compile(r"\\[!,;: ]|\\\$|\$|~|\\%|%|\^\s*\{?\\circ\}?|\\circ|\\
 _NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _SCIENTIFIC = re.compile(rf"^({_NUMBER})(?:\\times|\\cdot|\*|x)10\^\{{?([+-]?\d+)\}}?$")
 _RATIO = re.compile(rf"^({_NUMBER})/({_NUMBER})$")
+# \frac{3}{4}, -\dfrac{1}{2}, \frac12: a fraction of integers is a number too (so "0 + 0.5" is not its answer)
+_FRAC = re.compile(r"^([+-]?)\\[dt]?frac(?:\{(\d+)\}|(\d))(?:\{(\d+)\}|(\d))$")
 _THOUSANDS = re.compile(r"^([+-]?)(\d{1,3}(?:,\d{3})+)(\.\d+)?$")
 
 
@@ -82,7 +85,8 @@ def strip_decoration(s: str) -> str:
 
 
 def parse_number(s: str) -> Fraction | None:
-    """The exact value of a plain number, or None if s is anything else (an expression, a list, words)."""
+    """The exact value of a plain number (an integer, decimal, e-notation, or a fraction of integers), or None if s
+    is anything else (an expression, a list, words)."""
     s = strip_decoration(s).replace(" ", "").replace("{,}", ",")
     if s.startswith("{") and s.endswith("}"):
         s = s[1:-1]
@@ -95,6 +99,9 @@ def parse_number(s: str) -> Fraction | None:
             return Fraction(m.group(1)) * Fraction(10) ** int(m.group(2))
         if (m := _RATIO.match(s)) and Fraction(m.group(2)) != 0:  # "-1./3" (minerva_math/38)
             return Fraction(m.group(1)) / Fraction(m.group(2))
+        if (m := _FRAC.match(s)) and int(m.group(4) or m.group(5)) != 0:
+            sign = -1 if m.group(1) == "-" else 1
+            return sign * Fraction(int(m.group(2) or m.group(3)), int(m.group(4) or m.group(5)))
     except (ValueError, OverflowError, ZeroDivisionError):
         pass
     return None

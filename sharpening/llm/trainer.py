@@ -83,8 +83,6 @@ class Trainer:
         self.policy = (policy or load_model(cfg.model, dtype=cfg.dtype)).to(self.device).train()
         self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)  # pi_ref: the initial weights, frozen
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: warmup_factor(s, cfg.warmup_start, cfg.warmup_steps))
         self.engine = make_engine(cfg, self.policy, self.tokenizer)
         if hasattr(self.engine, "track"):
             self.engine.track(self.opt)
@@ -107,7 +105,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = latest_checkpoint(self.run_dir) if self.cfg.resume else None
         if ckpt is not None:
-            state = load_checkpoint(ckpt, self.policy, self.opt, self.sched)
+            state = load_checkpoint(ckpt, self.policy, self.opt)
             self.step, self.bad_steps = state["step"], state["bad_steps"]
             if hasattr(self.engine, "sync_weights"):
                 self.engine.sync_weights(self.policy)
@@ -115,7 +113,7 @@ class Trainer:
         save_config(self.cfg, self.run_dir / "config.yaml")
 
     def save(self):
-        return save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, self.opt, self.sched,
+        return save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, self.opt,
                                extra={"bad_steps": self.bad_steps}, keep=self.cfg.keep_checkpoints)
 
     # -- one step ------------------------------------------------------------------------------------
@@ -140,7 +138,7 @@ class Trainer:
         t3 = time.perf_counter()
         R = shaped_reward(regime, r, lp_ref_tok, roll.lp_old_tok, mask=roll.mask)  # [B]
         A = rloo_advantages(R.view(-1, G)).view(-1)  # [B]
-        update = self.update(roll, A)  # token-mean REINFORCE, clipping, AdamW
+        update = self.update(roll, A, step)  # token-mean REINFORCE, clipping, AdamW
         t4 = time.perf_counter()
         self.last = {"roll": roll, "r": r, "R": R, "A": A}  # for inspection and tests
         return {**step_metrics(r, R, A, lp_ref_tok, roll), **update, "time/generate": t1 - t0,
@@ -151,11 +149,13 @@ class Trainer:
         return torch.cat([response_logprobs(self.ref, roll, mb)
                           for mb in micro_batches(len(roll), self.cfg.micro_batch_size)])  # [B, T]
 
-    def update(self, roll, A) -> dict:
+    def update(self, roll, A, step: int) -> dict:
         """One AdamW step on the token-mean loss of the whole batch, in micro-batches (exact: each micro-batch's
         token mean is rescaled to its share of all tokens). A NaN/inf loss or gradient skips the step."""
         cfg = self.cfg
-        lr = self.sched.get_last_lr()[0]
+        lr = cfg.lr * warmup_factor(step - 1, cfg.warmup_start, cfg.warmup_steps)  # step - 1 updates done so far
+        for group in self.opt.param_groups:
+            group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
         n_tok = roll.mask.sum()
         loss, is_w = 0.0, []
@@ -177,7 +177,6 @@ class Trainer:
             self.opt.step()
             if hasattr(self.engine, "sync_weights"):
                 self.engine.sync_weights(self.policy)
-        self.sched.step()
         self.bad_steps = self.bad_steps + 1 if skipped else 0
         m = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "skipped": int(skipped)}
         if is_w:

@@ -1,0 +1,203 @@
+"""pass@k and maj@k against brute force over subsets, and the evaluate() bookkeeping."""
+
+import argparse
+import json
+import math
+from collections import Counter
+from fractions import Fraction
+from itertools import combinations
+
+import pytest
+
+from sharpening.llm.data import Problem, synthetic_problems
+from sharpening.llm.evaluation import (add_eval_arguments, answer_clusters, evaluate, maj_at_k, pass_at_k,
+                                       run_eval)
+
+
+# --- pass@k -----------------------------------------------------------------------------------------------
+
+def brute_pass_at_k(n, c, k):
+    """Fraction of all k-subsets of n samples (the first c correct) that hold a correct sample."""
+    subsets = list(combinations(range(n), k))
+    return sum(any(i < c for i in s) for s in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_pass_at_k_equals_brute_force(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            assert pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k(n, c, k), abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_is_stable_for_large_n():
+    for n, c, k in [(200, 1, 1), (200, 3, 100), (1000, 5, 16), (1000, 999, 1)]:
+        exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
+        assert pass_at_k(n, c, k) == pytest.approx(float(exact), rel=1e-12)
+
+
+@pytest.mark.parametrize("n, c, k", [(4, 5, 1), (4, -1, 1), (4, 2, 0), (4, 2, 5)])
+def test_pass_at_k_rejects_impossible_counts(n, c, k):
+    with pytest.raises(ValueError, match="0 <= c <= n and 1 <= k <= n"):
+        pass_at_k(n, c, k)
+
+
+# --- maj@k ------------------------------------------------------------------------------------------------
+
+def brute_maj_at_k(clusters, correct, k):
+    """Over every k-subset: majority cluster (abstainers -1 do not vote); a tie of m clusters with the correct one
+    scores 1/m; nobody voting scores 0."""
+    total = Fraction(0)
+    subsets = list(combinations(range(len(clusters)), k))
+    for s in subsets:
+        votes = Counter(clusters[i] for i in s if clusters[i] != -1)
+        if votes:
+            top = max(votes.values())
+            tied = [a for a, v in votes.items() if v == top]
+            total += Fraction(1, len(tied)) if correct in tied else 0
+    return float(total / len(subsets))
+
+
+def test_maj_at_k_by_hand():
+    # subsets of 2 from [0, 0, 1, none]: {0,0} 1, {0,1} tie 1/2, {0,-} 1, {0,1} 1/2, {0,-} 1, {1,-} 0 -> 4/6
+    assert maj_at_k([0, 0, 1, -1], correct=0, k=2) == pytest.approx(2 / 3)
+    assert maj_at_k([0, 0, 1, -1], correct=0, k=1) == pytest.approx(2 / 4)  # maj@1 = pass@1
+    assert maj_at_k([0, 0, 1, -1], correct=0, k=4) == 1.0
+    assert maj_at_k([1, 1, 2, -1], correct=-1, k=2) == 0.0  # nobody correct
+
+
+@pytest.mark.parametrize("clusters, k", [([0, 1, 1, 2, 0, -1], 3), ([1, 2, 0, 0, 1, 2, -1, 3], 4),
+                                         ([0, 1, 2, 3, 4, 5, 6], 2)])
+def test_maj_at_k_exact_enumeration_equals_brute_force(clusters, k):
+    assert maj_at_k(clusters, correct=0, k=k) == pytest.approx(brute_maj_at_k(clusters, 0, k), abs=1e-12)
+
+
+def test_maj_at_k_random_subsets_estimate_brute_force():
+    clusters = [0, 0, 0, 1, 1, 1, 1, 2, 2, -1, 0, 3]  # C(12, 6) = 924 subsets > 900: sampled
+    exact = brute_maj_at_k(clusters, 0, 6)
+    estimate = maj_at_k(clusters, correct=0, k=6, subsets=900, seed=3)
+    assert estimate == maj_at_k(clusters, correct=0, k=6, subsets=900, seed=3)  # seeded
+    assert abs(estimate - exact) < 0.06  # 3.5 standard errors of a mean of 900 draws in [0, 1]
+
+
+def test_answer_clusters_use_the_graders_equivalence():
+    answers = ["0.5", "\\frac{1}{2}", "\\frac{1}{3}", None, "\\dfrac{1}{3}", "7", "0 + 0.5"]
+    ids, correct = answer_clusters(answers, "\\frac12")
+    assert (ids, correct) == ([0, 0, 1, -1, 1, 2, 3], 0)
+    assert answer_clusters(["7", None], "3") == ([1, -1], -1)
+
+
+# --- evaluate() bookkeeping with a stand-in engine (no model: fixed texts) --------------------------------
+
+class ChatML:
+    """A tokenizer stand-in with just a chat template."""
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return f"<user>{messages[0]['content']}</user><assistant>"
+
+
+class FixedEngine:
+    """Returns fixed responses per problem (keyed by the problem text in the prompt), with lengths."""
+
+    def __init__(self, responses):
+        self.responses, self.calls = responses, []
+
+    def generate(self, prompts, n, max_new_tokens, temperature, top_p, ignore_eos=False, seed=None):
+        self.calls.append((list(prompts), n, max_new_tokens, temperature, top_p, seed))
+        texts = []
+        for prompt in prompts:
+            question = next(q for q in self.responses if q in prompt)
+            texts += self.responses[question][:n]
+
+        class Out:
+            pass
+
+        out = Out()
+        out.texts, out.lengths = texts, [float(len(t)) for t in texts]
+        return out
+
+
+def test_evaluate_bookkeeping(tmp_path):
+    problems = [Problem("a", "What is 1 + 2?", "3"), Problem("b", "What is 2 + 2?", "4"),
+                Problem("c", "What is 5 + 5?", "10")]
+    responses = {  # after the prefill "\boxed{": the grader sees "\boxed{" + text
+        "1 + 2": ["3}", "3} yes", "4}", "no box"],  # c = 2; answers 3, 3, 4, none
+        "2 + 2": ["5}", "5}", "4}", "6}"],  # c = 1; the majority is wrong
+        "5 + 5": ["1 + 9}", "1 + 9}", "2}", "0 + 10}"],  # c = 0: restated sums are not answers
+    }
+    engine = FixedEngine(responses)
+    out = tmp_path / "run" / "eval.json"
+    result = evaluate(engine, {"tiny": problems}, n=4, ks=(1, 2, 4, 8), max_new_tokens=16, prefill="\\boxed{",
+                      tokenizer=ChatML(), seed=5, prompts_per_call=2, out=out, info={"run": "r", "step": None})
+    d = result["datasets"]["tiny"]
+    assert [(p["id"], p["correct"]) for p in d["problems"]] == [("a", 2), ("b", 1), ("c", 0)]
+    # pass@k by hand: a: 1/2, 1 - 1/6, 1; b: 1/4, 1 - 3/6, 1; c: 0
+    assert d["pass@k"] == pytest.approx({"1": (1 / 2 + 1 / 4) / 3, "2": (5 / 6 + 1 / 2) / 3, "4": 2 / 3})
+    # maj@k by hand. a: clusters [3, 3, 4, none]; k=2: {33} 1, {34} 1/2 x2, {3-} 1 x2, {4-} 0 -> 4/6; k=4: 1.
+    # b: [5, 5, 4, 6], correct 4; k=2: {55} 0, {54} 1/2 x2, {56} 0 x2, {46} 1/2 -> 1.5/6; k=4: 0. c: 0.
+    assert d["maj@k"] == pytest.approx({"1": (1 / 2 + 1 / 4) / 3, "2": (4 / 6 + 1.5 / 6) / 3, "4": 1 / 3})
+    assert d["num_problems"] == 3
+    assert d["mean_length"] == pytest.approx(sum(len(t) for r in responses.values() for t in r) / 12)
+    # prompt-major calls of at most 2 prompts, the template through the chat template, the prefill at the end
+    assert [len(c[0]) for c in engine.calls] == [2, 1]
+    assert engine.calls[0][0][0].startswith("<user>Think step-by-step") and "What is 1 + 2?" in engine.calls[0][0][0]
+    assert engine.calls[0][0][0].endswith("<assistant>\\boxed{")
+    assert [c[1:] for c in engine.calls] == [(4, 16, 1.0, 1.0, 5), (4, 16, 1.0, 1.0, 7)]
+    assert json.loads(out.read_text()) == result
+    assert result["run"] == "r" and result["n"] == 4 and result["temperature"] == 1.0
+    assert [p.name for p in out.parent.iterdir()] == ["eval.json"]  # no temp file left behind
+
+
+def test_evaluate_on_a_list_and_bad_ks():
+    engine = FixedEngine({"What is": ["3}"] * 2})
+    problems = synthetic_problems(1, seed=0)
+    result = evaluate(engine, problems, n=2, ks=(1, 2), max_new_tokens=4, prefill="\\boxed{", tokenizer=ChatML())
+    assert list(result["datasets"]) == ["problems"]
+    with pytest.raises(ValueError, match="no k in ks"):
+        evaluate(engine, problems, n=2, ks=(4,), tokenizer=ChatML())
+
+
+# --- the CLI core -----------------------------------------------------------------------------------------
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_eval_defaults():
+    args = parse([])
+    assert (args.n, args.ks, args.temperature, args.top_p, args.engine, args.limit) == \
+        (16, "1,2,4,8,16", 1.0, 1.0, "hf", None)
+    assert args.datasets == "math500,minerva_math,aime24,aime25,hmmt25"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ks", "1,x"], "--ks='1,x' must be comma-separated positive integers"),
+    (["--ks", "0,1"], "--ks='0,1' must be"),
+    (["--n", "0"], "--n=0 is out of range"),
+    (["--top-p", "1.5"], "--top-p=1.5 is out of range"),
+    (["--datasets", "nope"], "unknown problem source 'nope'"),
+])
+def test_eval_rejects_bad_flags_before_loading_a_model(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        run_eval(parse(argv))
+
+
+# --- end to end with the real model -----------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.llm
+def test_evaluate_smollm2_end_to_end():
+    from sharpening.llm.models import load_model, load_tokenizer
+    from sharpening.llm.rollout import HFEngine
+
+    tokenizer = load_tokenizer("smollm2")
+    engine = HFEngine(load_model("smollm2"), tokenizer)
+    problems = synthetic_problems(2, task="add", seed=11)
+    result = evaluate(engine, {"add": problems}, n=4, ks=(1, 2, 4), max_new_tokens=16, prefill="\\boxed{", seed=0)
+    d = result["datasets"]["add"]
+    assert d["num_problems"] == 2 and 1 <= d["mean_length"] <= 16
+    for k in (1, 2, 4):  # pass@k recomputed by hand from the per-problem counts
+        by_hand = sum(1 - math.comb(4 - p["correct"], k) / math.comb(4, k) for p in d["problems"]) / 2
+        assert d["pass@k"][str(k)] == pytest.approx(by_hand)
+        assert 0.0 <= d["maj@k"][str(k)] <= 1.0
