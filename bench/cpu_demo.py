@@ -55,7 +55,8 @@ def main():
 
 
 def results_table(out: Path, seconds: dict) -> str:
-    rows = ["| model | pass@1 | pass@4 | maj@4 | mean length (tokens) | train reward, first -> last 5 steps | wall time |",
+    rows = ["| model | pass@1 | pass@4 | maj@4 | mean length (tokens) | train reward, first -> last 5 steps "
+            "| wall time |",
             "|---|---|---|---|---|---|---|"]
     for name in ("base",) + RUNS:
         res = json.loads((out / name / "eval.json").read_text())

@@ -27,7 +27,8 @@ def ours(args, regime: str, out_dir: str) -> list[float]:
     from sharpening.llm.trainer import Trainer
 
     cfg = load_config(None, [f"out_dir={out_dir}", f"run_name=ours_{regime}", f"regime={regime}",
-                             f"prompts_per_step={args.prompts}", f"group_size={args.G}", f"max_new_tokens={args.tokens}",
+                             f"prompts_per_step={args.prompts}", f"group_size={args.G}",
+                             f"max_new_tokens={args.tokens}",
                              "ignore_eos=true", "prefill=\\boxed{", f"micro_batch_size={args.prompts * args.G}",
                              f"steps={args.steps + 1}", "save_every=0", "lr=1e-6", "warmup_steps=0", "warmup_start=1"])
     trainer = Trainer(cfg)

@@ -33,7 +33,8 @@ def checkpoint_dirs(run_dir) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).exists()]
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).exists()]
     return [p for _, p in sorted(found)]
 
 
@@ -90,7 +91,8 @@ def load_checkpoint(path, model, optimizer) -> dict:
 
 
 def load_weights(model, folder) -> None:
-    """Load every *.safetensors shard of `folder` into `model`; only tied copies (lm_head = embeddings) may be absent."""
+    """Load every *.safetensors shard of `folder` into `model`; only tied copies (lm_head = embeddings) may be
+    absent."""
     from safetensors.torch import load_file
 
     device = str(next(model.parameters()).device)

@@ -117,4 +117,4 @@ def sequence_logprobs(model, input_ids, attention_mask, response_mask):
     targets = input_ids[:, first:]  # [B, L - first]
     logp = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)  # log_softmax at targets
     logp = torch.cat([logp.new_zeros(logp.shape[0], first), logp], 1)  # [B, L]
-    return logp * response_mask.to(logp.dtype)
+    return logp.masked_fill(response_mask == 0, 0.0)  # not * mask: a -inf log-prob times 0 is NaN

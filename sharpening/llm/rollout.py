@@ -117,10 +117,9 @@ class HFEngine:
             logits = out.logits[:, -1].float()  # [b, V]
             y = sample_next(logits, temperature, top_p, generator)  # [b]
             lp = logits.gather(-1, y[:, None]).squeeze(-1) - logits.logsumexp(-1)  # log pi_theta(y)
-            live = (~done).float()
             tokens.append(torch.where(done, self.pad_id, y))
-            mask.append(live)
-            lp_old.append(lp * live)
+            mask.append((~done).float())
+            lp_old.append(lp.masked_fill(done, 0.0))
             if not ignore_eos:
                 done = done | torch.isin(y, self.eos_ids.to(y.device))
             if done.all() or t == max_new_tokens - 1:

@@ -57,7 +57,9 @@ def warmup_factor(step: int, start: float, steps: int) -> float:
 
 
 def pick_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
 
 def make_engine(cfg: TrainConfig, policy, tokenizer):
@@ -67,8 +69,7 @@ def make_engine(cfg: TrainConfig, policy, tokenizer):
     from sharpening.llm.vllm_engine import VLLMEngine, import_vllm
 
     import_vllm()  # a clear error when vLLM is not installed
-    return VLLMEngine(resolve(cfg.model), tokenizer, dtype=cfg.dtype, seed=cfg.seed,
-                      max_model_len=None)
+    return VLLMEngine(resolve(cfg.model), tokenizer, dtype=cfg.dtype, seed=cfg.seed)
 
 
 class Trainer:
@@ -79,19 +80,21 @@ class Trainer:
 
         self.cfg, self.run_dir, self.device = cfg, cfg.run_dir, pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.tokenizer = tokenizer or load_tokenizer(cfg.model)
-        self.policy = (policy or load_model(cfg.model, dtype=cfg.dtype)).to(self.device).train()
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
+        policy = policy if policy is not None else load_model(cfg.model, dtype=cfg.dtype)
+        self.policy = policy.to(self.device).train()
         self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)  # pi_ref: the initial weights, frozen
-        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: one kernel over all tensors, ~10x faster than the default per-tensor loop on CPU
+        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         self.engine = make_engine(cfg, self.policy, self.tokenizer)
         if hasattr(self.engine, "track"):
             self.engine.track(self.opt)
         self.template = data.PAPER_TEMPLATE if cfg.template == "paper" else cfg.template
         self.problems = data.load_problems(cfg.dataset, split=cfg.split, limit=cfg.limit, seed=cfg.seed)
-        self.prompts = [data.format_prompt(self.tokenizer, p.problem, self.template, cfg.prefill) for p in self.problems]
-        self.eval_sets = {name: data.load_problems(name, split=cfg.eval_split, limit=cfg.eval_limit,
-                                                       seed=cfg.eval_seed)
-                          for name in cfg.eval_datasets}
+        self.prompts = [data.format_prompt(self.tokenizer, p.problem, self.template, cfg.prefill)
+                        for p in self.problems]
+        self.eval_sets = {d: data.load_problems(d, split=cfg.eval_split, limit=cfg.eval_limit, seed=cfg.eval_seed)
+                          for d in cfg.eval_datasets}
         self.step, self.bad_steps = 0, 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._open_run()
