@@ -40,7 +40,7 @@ def main():
     seconds = {}
     seconds["base"] = sh(cli + ["eval", "--model", "smollm2", "--datasets", "synthetic:add", "--limit",
                                 str(args.eval_limit), "--n", "4", "--ks", "1,2,4", "--max-new-tokens", "32",
-                                "--prefill", "\\boxed{", "--seed", "0", "--out", str(out / "base")])
+                                "--prefill", "\\boxed{", "--template", "plain", "--seed", "0", "--out", str(out / "base")])
     for run in RUNS:
         overrides = [f"out_dir={out}", f"eval_limit={args.eval_limit}"]
         overrides += [f"steps={args.steps}"] if args.steps else []

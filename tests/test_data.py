@@ -105,7 +105,7 @@ def test_synthetic_seeds_are_reproducible_and_disjoint():
 
 def test_synthetic_through_load_problems():
     problems = load_problems("synthetic:mul:2", limit=5, seed=3)
-    assert problems == synthetic_problems(5, task="mul", digits=2, seed=3)
+    assert problems == synthetic_problems(5, task="mul", digits=2, seed=3, split="test")  # the default split
     with pytest.raises(ValueError, match="digits=0"):
         synthetic_problems(3, digits=0)
 
@@ -129,3 +129,18 @@ def test_format_prompt_with_smollm2_chat_template():
                 "<|im_start|>assistant\n\\boxed{")
     assert text == expected
     assert PAPER_TEMPLATE.count("{problem}") == 1
+
+
+def test_synthetic_train_and_test_splits_never_share_a_question():
+    # 1-digit addition has exactly 100 distinct questions; the two splits must partition them
+    train = {p.problem for p in synthetic_problems(2000, task="add", digits=1, seed=1, split="train")}
+    test = {p.problem for p in synthetic_problems(2000, task="add", digits=1, seed=2, split="test")}
+    everything = {f"What is {a} + {b}?" for a in range(10) for b in range(10)}
+    assert train.isdisjoint(test)
+    assert train | test == everything
+    assert 15 <= len(test) <= 45  # about 30% held out
+
+
+def test_synthetic_split_is_checked():
+    with pytest.raises(ValueError, match="split='validation'"):
+        synthetic_problems(3, split="validation")

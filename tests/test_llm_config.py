@@ -51,7 +51,7 @@ def test_regime_forms(spec, expected):
     (["regime.gamma=1"], "unknown regime parameter 'gamma'; valid: ['preset', 'mode', 'alpha'"),
     (["regime=greedy"], "unknown regime preset 'greedy'; choose one of"),
     (["regime.alpha=-1"], "Regime.alpha=-1 must be a finite real number >= 0"),
-    (["template=no placeholder"], "must be 'paper' or a string containing {problem}"),
+    (["template=no placeholder"], "must be one of ['paper', 'plain'] or a string"),
     (["eval_datasets=[synthetic:add]", "eval_seed=42"], "eval_seed=42 equals seed"),
     (["lr"], "must look like key=value"),
 ])

@@ -16,6 +16,10 @@ def add_parser(subparsers) -> None:
                                        "metrics.jsonl,checkpoints/}.")
     train.add_argument("--config", help="YAML config file (see configs/)")
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    train.add_argument("--dry-run", action="store_true",
+                       help="resolve the config and print the per-GPU batch, memory and time estimates and the "
+                            "checks; loads no weights and needs no GPU")
+    train.add_argument("--gpus", type=int, default=4, help="number of GPUs the dry run plans for (default 4)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     train.set_defaults(func=run_train)
 
@@ -38,6 +42,14 @@ def run_train(args) -> int:
         cfg = load_config(args.config, overrides)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"sharpening llm train: {err}")
+    if args.dry_run:
+        from sharpening.llm.distributed import dry_run
+
+        try:
+            print(dry_run(cfg, world_size=args.gpus))
+        except ValueError as err:
+            sys.exit(f"sharpening llm train --dry-run: {err}")
+        return 0
     trainer = Trainer(cfg)
     try:
         trainer.train()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from sharpening.llm.data import TEMPLATES
 from sharpening.objective import Regime
 
 ENGINES = ("hf", "vllm")
@@ -60,7 +61,7 @@ class TrainConfig:
     limit: typing.Optional[int] = None
     """Use only the first `limit` training problems (None: all)."""
     template: str = "paper"
-    """Prompt template: `paper` (the paper's step-by-step prompt) or a string containing {problem}."""
+    """Prompt template: `paper` (the paper's step-by-step prompt), `plain` (the bare problem) or a string with {problem}."""
     prefill: str = ""
     """Text that starts the assistant turn (e.g. `\\boxed{`); the grader sees prefill + response."""
     # Rollouts
@@ -138,8 +139,9 @@ class TrainConfig:
         _check_choice("engine", self.engine, ENGINES)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("device", self.device, DEVICES)
-        if self.template != "paper" and "{problem}" not in self.template:
-            raise ValueError(f"template={self.template!r} must be 'paper' or a string containing {{problem}}")
+        if self.template not in TEMPLATES and "{problem}" not in self.template:
+            raise ValueError(f"template={self.template!r} must be one of {sorted(TEMPLATES)} or a string "
+                             "containing {problem}")
         if self.eval_seed == self.seed and any(d.startswith("synthetic:") for d in self.eval_datasets):
             raise ValueError(f"eval_seed={self.eval_seed} equals seed: synthetic eval problems would be the "
                              "training problems; choose another eval_seed")

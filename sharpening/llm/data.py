@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ PAPER_TEMPLATE = (
     "Think step-by-step to solve the following problem. Output your answer inside of \\boxed{} tags.:\n"
     "{problem}\n\nLet's think step-by-step"
 )
+# Named templates; any other string with a {problem} placeholder is a template of its own. "plain" (the bare
+# question) is what SmolLM2-135M can partly solve: with the paper's prompt it scores 0% on a + b (measured).
+TEMPLATES = {"paper": PAPER_TEMPLATE, "plain": "{problem}"}
 
 BENCHMARKS = ("math500", "minerva_math", "aime24", "aime25", "hmmt25", "amc23", "gsm8k_test", "math_train")
 SYNTHETIC_TASKS = ("add", "sub", "mul", "add_sub")
@@ -44,7 +48,7 @@ def data_dir() -> Path:
 def load_problems(source: str, split: str = "test", limit: int | None = None, seed: int | None = None) -> list[Problem]:
     """Problems from a benchmark name, a JSONL path, "synthetic:<task>[:<digits>]" or a Hugging Face dataset.
 
-    split: the Hugging Face split (ignored for files). limit: keep the first `limit` problems, after a
+    split: the Hugging Face split (ignored for files); for synthetic tasks "train" or "test" (disjoint questions). limit: keep the first `limit` problems, after a
     shuffle by `seed` if one is given (for synthetic tasks, seed picks the problems: different seeds give
     disjoint ids). A bad source, a missing file or a row without problem/answer is a ValueError that says
     what is allowed.
@@ -56,7 +60,8 @@ def load_problems(source: str, split: str = "test", limit: int | None = None, se
         if not (digits or "1").isdigit():
             raise ValueError(f"{source!r}: the digits after the task must be an integer, as in synthetic:add:2")
         n = limit if limit is not None else 1000
-        return synthetic_problems(n, task=task, digits=int(digits or 1), seed=seed or 0)
+        return synthetic_problems(n, task=task, digits=int(digits or 1), seed=seed or 0,
+                                  split=split if split in SYNTHETIC_SPLITS else None)
     if source in BENCHMARKS:
         problems = _read_jsonl(data_dir() / f"{source}.jsonl", source)
     elif source.endswith(".jsonl") or Path(source).is_file():
@@ -121,13 +126,27 @@ def _load_hf(name: str, split: str) -> list[Problem]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def synthetic_problems(n: int, task: str = "add", digits: int = 1, seed: int = 0) -> list[Problem]:
+SYNTHETIC_SPLITS = ("train", "test")
+HELD_OUT_BUCKETS = 3  # of 10: the share of distinct questions reserved for the test split
+
+
+def synthetic_split(question: str) -> str:
+    """Which split a question belongs to, by a hash of its text: train and test never share a question."""
+    return "test" if zlib.crc32(question.encode()) % 10 < HELD_OUT_BUCKETS else "train"
+
+
+def synthetic_problems(n: int, task: str = "add", digits: int = 1, seed: int = 0,
+                       split: str | None = None) -> list[Problem]:
     """n arithmetic problems "What is a + b?" with exact integer answers; operands have `digits` digits.
 
     task: add (a + b), sub (a - b, may be negative), mul (a * b) or add_sub (a + b - c). Problem k of a seed
     is a fixed function of (task, digits, seed, k), with id "synthetic:<task>:<digits>/<seed>/<k>": ids of
-    different seeds never coincide, so a held-out split is another seed.
+    different seeds never coincide. split="train" or "test" keeps only the questions of that split
+    (synthetic_split: about 70% / 30% of the distinct questions, by a hash), so training and held-out
+    problems never share a question, even for 1-digit addition with its 100 distinct questions.
     """
+    if split is not None and split not in SYNTHETIC_SPLITS:
+        raise ValueError(f"synthetic split={split!r} is not one of {SYNTHETIC_SPLITS} (or None for both)")
     if task not in SYNTHETIC_TASKS:
         raise ValueError(f"synthetic task {task!r} is not one of {SYNTHETIC_TASKS}")
     if not 1 <= digits <= 18:
@@ -135,8 +154,9 @@ def synthetic_problems(n: int, task: str = "add", digits: int = 1, seed: int = 0
     if n < 0:
         raise ValueError(f"n={n!r} must be >= 0")
     lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
-    problems = []
-    for k in range(n):
+    problems, k = [], -1
+    while len(problems) < n:
+        k += 1
         rng = random.Random(seed * _SEED_STRIDE + k)
         a, b, c = rng.randint(lo, hi), rng.randint(lo, hi), rng.randint(lo, hi)
         question, answer = {
@@ -145,6 +165,8 @@ def synthetic_problems(n: int, task: str = "add", digits: int = 1, seed: int = 0
             "mul": (f"{a} * {b}", a * b),
             "add_sub": (f"{a} + {b} - {c}", a + b - c),
         }[task]
+        if split is not None and synthetic_split(f"What is {question}?") != split:
+            continue
         problems.append(Problem(id=f"synthetic:{task}:{digits}/{seed}/{k}", problem=f"What is {question}?",
                                 answer=str(answer), source=f"synthetic:{task}"))
     return problems
@@ -158,8 +180,10 @@ def synthetic_problems(n: int, task: str = "add", digits: int = 1, seed: int = 0
 def format_prompt(tokenizer, problem: str, template: str = PAPER_TEMPLATE, prefill: str = "") -> str:
     """The text to tokenize: template (with {problem} filled in) as the user turn of the model's chat template,
     the assistant turn opened (add_generation_prompt=True), then `prefill` (e.g. "\\\\boxed{") appended."""
+    template = TEMPLATES.get(template, template)
     if "{problem}" not in template:
-        raise ValueError(f"template {template[:60]!r}... has no {{problem}} placeholder")
+        raise ValueError(f"template {template[:60]!r}... is not one of {sorted(TEMPLATES)} and has no "
+                         "{problem} placeholder")
     user = template.replace("{problem}", problem)  # not str.format: the template holds literal \boxed{} braces
     text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
                                          add_generation_prompt=True)

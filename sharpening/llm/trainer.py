@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from sharpening.llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
 from sharpening.llm.config import TrainConfig, save_config, write_atomic
-from sharpening.llm.distributed import micro_batches, token_mean_scale
+from sharpening.llm.distributed import Ranks, global_token_count, micro_batches, token_mean_scale, vllm_settings
 from sharpening.llm.models import load_model, load_tokenizer, resolve
 from sharpening.llm.rollout import HFEngine, response_logprobs
 from sharpening.objective import pg_loss, rloo_advantages, sequence_sums, shaped_reward, truncated_is_weight
@@ -62,14 +63,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_engine(cfg: TrainConfig, policy, tokenizer):
-    """The rollout engine named by cfg.engine."""
+def make_engine(cfg: TrainConfig, policy, tokenizer, world_size: int = 1):
+    """The rollout engine named by cfg.engine (vLLM gets its memory share and max_model_len from the plan)."""
     if cfg.engine == "hf":
         return HFEngine(policy, tokenizer, batch_size=cfg.gen_batch_size)
     from sharpening.llm.vllm_engine import VLLMEngine, import_vllm
 
     import_vllm()  # a clear error when vLLM is not installed
-    return VLLMEngine(resolve(cfg.model), tokenizer, dtype=cfg.dtype, seed=cfg.seed)
+    return VLLMEngine(resolve(cfg.model), tokenizer, dtype=cfg.dtype, seed=cfg.seed,
+                      **vllm_settings(cfg, world_size))
 
 
 class Trainer:
@@ -78,18 +80,22 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, policy=None, tokenizer=None):
         from sharpening.llm import data
 
-        self.cfg, self.run_dir, self.device = cfg, cfg.run_dir, pick_device(cfg.device)
+        self.ranks = Ranks.from_env()  # rank 0 of 1 without a launcher; FSDP ranks under `accelerate launch`
+        self.cfg, self.run_dir = cfg, cfg.run_dir
+        self.device = self.ranks.accelerator.device if self.ranks.accelerator else pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
         policy = policy if policy is not None else load_model(cfg.model, dtype=cfg.dtype)
         self.policy = policy.to(self.device).train()
         self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)  # pi_ref: the initial weights, frozen
         # fused: one kernel over all tensors, ~10x faster than the default per-tensor loop on CPU
-        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-        self.engine = make_engine(cfg, self.policy, self.tokenizer)
+        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     fused=self.device.type == "cpu" or None)
+        self.policy, self.opt = self.ranks.prepare(self.policy, self.opt)  # FSDP-wrapped when distributed
+        self.engine = make_engine(cfg, self.policy, self.tokenizer, self.ranks.world_size)
         if hasattr(self.engine, "track"):
             self.engine.track(self.opt)
-        self.template = data.PAPER_TEMPLATE if cfg.template == "paper" else cfg.template
+        self.template = data.TEMPLATES.get(cfg.template, cfg.template)
         self.problems = data.load_problems(cfg.dataset, split=cfg.split, limit=cfg.limit, seed=cfg.seed)
         self.prompts = [data.format_prompt(self.tokenizer, p.problem, self.template, cfg.prefill)
                         for p in self.problems]
@@ -105,15 +111,17 @@ class Trainer:
         if not self.cfg.resume and self.metrics_path.exists():
             raise FileExistsError(f"{self.run_dir} already holds a run; pass resume=true to continue it "
                                   "or choose another run_name")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.ranks.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = latest_checkpoint(self.run_dir) if self.cfg.resume else None
         if ckpt is not None:
             state = load_checkpoint(ckpt, self.policy, self.opt)
             self.step, self.bad_steps = state["step"], state["bad_steps"]
             if hasattr(self.engine, "sync_weights"):
                 self.engine.sync_weights(self.policy)
-        truncate_metrics(self.metrics_path, self.step)
-        save_config(self.cfg, self.run_dir / "config.yaml")
+        if self.ranks.is_main:
+            truncate_metrics(self.metrics_path, self.step)
+            save_config(self.cfg, self.run_dir / "config.yaml")
 
     def save(self):
         return save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, self.opt,
@@ -129,7 +137,7 @@ class Trainer:
 
     def train_step(self, step: int) -> dict:
         cfg, G, regime = self.cfg, self.cfg.group_size, self.cfg.regime
-        idx = self.batch(step)
+        idx = self.ranks.my_prompts(self.batch(step))  # this rank's whole groups
         t0 = time.perf_counter()
         roll = self.engine.generate([self.prompts[i] for i in idx], n=G, max_new_tokens=cfg.max_new_tokens,
                                     temperature=cfg.temperature, top_p=cfg.top_p, ignore_eos=cfg.ignore_eos,
@@ -160,13 +168,13 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
-        n_tok = roll.mask.sum()
+        n_tok = global_token_count(roll.mask)  # response tokens of the whole step, over all ranks
         loss, is_w = 0.0, []
         for mb in micro_batches(len(roll), cfg.micro_batch_size):
             logp_tok = response_logprobs(self.policy, roll, mb)  # log pi_theta [b, T], with grad
             logp_engine = roll.lp_old_tok[mb] if cfg.is_cap is not None else None
             loss_mb = pg_loss(logp_tok, A[mb], roll.mask[mb], logp_engine=logp_engine, is_cap=cfg.is_cap)
-            loss_mb = loss_mb * token_mean_scale(roll.mask[mb], n_tok, world_size=1)
+            loss_mb = loss_mb * token_mean_scale(roll.mask[mb], n_tok, self.ranks.world_size)
             loss_mb.backward()
             loss += loss_mb.item()
             if logp_engine is not None:  # the weights pg_loss applied, on response tokens
@@ -208,10 +216,13 @@ class Trainer:
     def train(self) -> list[dict]:
         """Run steps self.step + 1 .. cfg.steps, appending one metrics line per step; returns those lines."""
         cfg, logged = self.cfg, []
-        bar = tqdm(range(self.step + 1, cfg.steps + 1), initial=self.step, total=cfg.steps, desc=cfg.run_name)
-        with open(self.metrics_path, "a") as log:
+        main = self.ranks.is_main  # rank 0 alone logs and saves
+        bar = tqdm(range(self.step + 1, cfg.steps + 1), initial=self.step, total=cfg.steps, desc=cfg.run_name,
+                   disable=not main)
+        with open(self.metrics_path if main else os.devnull, "a") as log:
             for step in bar:
                 m = {"step": step, **self.train_step(step)}
+                m = {k: v if k == "step" else self.ranks.all_mean(v) for k, v in m.items()}  # means over ranks
                 self.step = step
                 if self.eval_sets and (step == cfg.steps or cfg.eval_every and step % cfg.eval_every == 0):
                     m.update(self.evaluate(step))
@@ -220,11 +231,12 @@ class Trainer:
                 log.flush()
                 logged.append(m)
                 bar.set_postfix(reward=f"{m['reward/task']:.2f}", sec=f"{m['time/step']:.1f}")
-                tqdm.write(summary(m))
+                if main:
+                    tqdm.write(summary(m))
                 if self.bad_steps >= cfg.max_bad_steps:
                     raise TrainingDiverged(f"{self.bad_steps} steps in a row had a NaN/inf loss or gradient "
                                            f"(max_bad_steps={cfg.max_bad_steps}); stopped at step {step}")
-                if step == cfg.steps or cfg.save_every and step % cfg.save_every == 0:
+                if main and (step == cfg.steps or cfg.save_every and step % cfg.save_every == 0):
                     self.save()
         return logged
 
