@@ -395,3 +395,17 @@ def test_dry_run_warns_about_what_would_run_badly():
     assert text.count("WARN") == 1 and "WARN engine=vllm with is_cap=null" in text
     with pytest.raises(ValueError, match="prompts_per_step=32 is not divisible by world_size=5"):
         dist_plan.dry_run(load_config(None, base), world_size=5)
+
+
+def test_dry_run_flag_of_the_cli(capsys):
+    from sharpening.cli import main
+
+    QWEN3 = str(ROOT / "configs/paper/qwen3-4b/task_reward.yaml")
+
+    assert main(["llm", "train", "--config", QWEN3, "--dry-run", "--gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "64 prompts x G=8 = 512 sequences per step" in out  # the paper's Qwen3-4B batch
+    assert "8 prompts = 64 sequences" in out                   # 512 / 8 GPUs
+    with pytest.raises(SystemExit) as err:
+        main(["llm", "train", "--config", QWEN3, "--dry-run", "--gpus", "3"])
+    assert "world_size=3" in str(err.value)

@@ -56,8 +56,12 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, extra=None, keep: int = 2) -> Path:
+def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, extra=None, keep: int = 2,
+                    state_dict=None) -> Path:
     """Write checkpoints/step_<step> atomically and delete all but the `keep` newest checkpoints.
+
+    state_dict: the full weights when `model` alone does not hold them (FSDP shards, gathered by the caller);
+    optimizer None: no optimizer state (such a checkpoint evaluates but does not resume).
 
     The learning-rate schedule is a function of the step (trainer.warmup_factor), so the step is its state."""
     root = Path(run_dir) / "checkpoints"
@@ -65,9 +69,9 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, extra=None,
     target = root / f"step_{step:06d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-step_{step:06d}-"))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        state = {"step": step, "optimizer": optimizer.state_dict(),
+        state = {"step": step, "optimizer": None if optimizer is None else optimizer.state_dict(),
                  "rng": rng_states(), **(extra or {})}
         torch.save(state, tmp / STATE_FILE)
         if target.exists():  # a re-run of the same step after a resume: the new one replaces it
@@ -85,6 +89,9 @@ def load_checkpoint(path, model, optimizer) -> dict:
     path = Path(path)
     load_weights(model, path)
     state = torch.load(path / STATE_FILE, weights_only=False)
+    if state["optimizer"] is None:
+        raise ValueError(f"checkpoint {str(path)!r} holds no optimizer state (a multi-GPU run's): it can be "
+                         "evaluated but not resumed")
     optimizer.load_state_dict(state["optimizer"])
     set_rng_states(state["rng"])
     return state

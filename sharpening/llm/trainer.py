@@ -113,6 +113,9 @@ class Trainer:
                                   "or choose another run_name")
         if self.ranks.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.resume and self.ranks.world_size > 1:
+            raise ValueError("resume=true is not implemented for multi-GPU runs (FSDP optimizer states are not "
+                             "saved); start a new run from a checkpoint folder with model=<checkpoint path>")
         ckpt = latest_checkpoint(self.run_dir) if self.cfg.resume else None
         if ckpt is not None:
             state = load_checkpoint(ckpt, self.policy, self.opt)
@@ -124,8 +127,17 @@ class Trainer:
             save_config(self.cfg, self.run_dir / "config.yaml")
 
     def save(self):
-        return save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, self.opt,
-                               extra={"bad_steps": self.bad_steps}, keep=self.cfg.keep_checkpoints)
+        """Every rank calls this; rank 0 writes. Under FSDP the full weights are gathered first (a collective)
+        and the sharded optimizer state is not saved: such checkpoints evaluate but do not resume."""
+        acc = self.ranks.accelerator
+        if acc is None:
+            return save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, self.opt,
+                                   extra={"bad_steps": self.bad_steps}, keep=self.cfg.keep_checkpoints)
+        weights = acc.get_state_dict(self.policy)
+        if self.ranks.is_main:
+            save_checkpoint(self.run_dir, self.step, acc.unwrap_model(self.policy), self.tokenizer, None,
+                            extra={"bad_steps": self.bad_steps}, keep=self.cfg.keep_checkpoints,
+                            state_dict=weights)
 
     # -- one step ------------------------------------------------------------------------------------
     def batch(self, step: int) -> list[int]:
@@ -236,7 +248,7 @@ class Trainer:
                 if self.bad_steps >= cfg.max_bad_steps:
                     raise TrainingDiverged(f"{self.bad_steps} steps in a row had a NaN/inf loss or gradient "
                                            f"(max_bad_steps={cfg.max_bad_steps}); stopped at step {step}")
-                if main and (step == cfg.steps or cfg.save_every and step % cfg.save_every == 0):
+                if step == cfg.steps or cfg.save_every and step % cfg.save_every == 0:
                     self.save()
         return logged
 
