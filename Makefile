@@ -1,6 +1,6 @@
 PY ?= python
 
-.PHONY: setup test test-fast figures bench
+.PHONY: setup test test-fast figures bench demo
 
 setup:  ## install the CPU torch first (an unpinned torch pulls CUDA), then the package with every CPU extra
 	$(PY) -m pip install torch==2.13.0
@@ -16,6 +16,9 @@ test-fast:
 figures:
 	$(PY) -m sharpening.cli figures
 
-bench:
+bench:  ## bench/llm_step.py needs the bench extra (TRL): pip install -e ".[bench]"
 	$(PY) bench/toy.py
 	$(PY) bench/llm_step.py
+
+demo:  ## the CPU demo: SmolLM2 with task-reward RL and with sharpening, evaluated on held-out problems (~30 min)
+	$(PY) bench/cpu_demo.py

@@ -8,7 +8,6 @@ back from the Axes, so tests can compare them with independent calls of the theo
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 
 import matplotlib
 
@@ -18,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sharpening.atomic import atomic_path as atomic  # noqa: E402
 from sharpening.objective import Regime  # noqa: E402
 
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
@@ -202,13 +202,3 @@ def save(fig, name: str, outdir: str = "figures") -> list[str]:
     return paths
 
 
-@contextmanager
-def atomic(path: str):
-    """Yield a temporary path in path's folder, moved onto path (os.replace) only if the block succeeds."""
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

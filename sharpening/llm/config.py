@@ -11,14 +11,13 @@ The regime is written either as a preset name (`regime: sharpening`), a preset w
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from sharpening.atomic import write_atomic  # noqa: F401  (re-exported: trainer, checkpoint)
 from sharpening.llm.data import TEMPLATES
 from sharpening.objective import Regime
 
@@ -271,13 +270,3 @@ def load_config(path=None, overrides=()) -> TrainConfig:
 def save_config(cfg: TrainConfig, path) -> None:
     """Write the resolved config as YAML, atomically."""
     write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def write_atomic(path, text: str) -> None:
-    """Write to a temp file in the same folder, then os.replace: readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from sharpening.atomic import write_atomic
 from sharpening.llm.data import BENCHMARKS, PAPER_TEMPLATE, Problem, format_prompt, load_problems
 from sharpening.llm.grading import extract_boxed, grade
 
@@ -159,17 +158,7 @@ def _lengths(roll, texts, tokenizer) -> list[float]:
 
 
 def write_json_atomic(path, obj) -> None:
-    """Write JSON to a temp file in the same folder, then os.replace: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(obj, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------------------
