@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sharpening.atomic import write_atomic
-from sharpening.llm.data import BENCHMARKS, PAPER_TEMPLATE, Problem, format_prompt, load_problems
+from sharpening.llm.data import BENCHMARKS, PAPER_TEMPLATE, TEMPLATES, Problem, format_prompt, load_problems
 from sharpening.llm.grading import extract_boxed, grade
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
@@ -181,8 +181,9 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0: pure sampling)")
     parser.add_argument("--prefill", default="", help="text that opens the assistant turn, e.g. '\\boxed{'")
-    parser.add_argument("--template", default=PAPER_TEMPLATE,
-                        help="user-turn template with a {problem} placeholder (default: the paper's)")
+    parser.add_argument("--template", default="paper",
+                        help="user-turn template: paper (default: the paper's step-by-step prompt), plain (the bare "
+                             "problem), or a string with a {problem} placeholder")
     parser.add_argument("--out", default=None, help="folder for eval.json (default: print only)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="hf (CPU/GPU) or vllm (GPU)")
@@ -198,6 +199,9 @@ def run_eval(args) -> int:
         if not ok:
             raise SystemExit(f"sharpening llm eval: {flag}={value!r} is out of range (n, limit, max-new-tokens >= 1; "
                              "temperature > 0; 0 < top-p <= 1)")
+    if args.template not in TEMPLATES and "{problem}" not in args.template:
+        raise SystemExit(f"sharpening llm eval: --template={args.template!r} is not one of {sorted(TEMPLATES)} and "
+                         "has no {problem} placeholder")
     names = [s.strip() for s in args.datasets.split(",") if s.strip()]
     try:
         datasets = {Path(s).stem if s.endswith(".jsonl") else s: load_problems(s, limit=args.limit) for s in names}
