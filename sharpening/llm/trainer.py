@@ -31,12 +31,12 @@ class TrainingDiverged(RuntimeError):
     """max_bad_steps steps in a row had a NaN/inf loss or gradient."""
 
 
-def grade_batch(texts, answers, G: int, prefill: str = "", device="cpu"):
+def task_rewards(texts, answers, G: int, prefill: str = "", device="cpu"):
     """Task reward r_i = grade(prefill + y_i, answer of prompt i // G), 0 or 1. Returns [B] float32."""
-    from sharpening.llm.grading import grade
+    from sharpening.llm.grading import grade_batch
 
-    return torch.tensor([grade(prefill + y, answers[i // G]) for i, y in enumerate(texts)],
-                        dtype=torch.float32, device=device)
+    r = grade_batch([prefill + y for y in texts], [answers[i // G] for i in range(len(texts))])
+    return torch.tensor(r, dtype=torch.float32, device=device)
 
 
 def step_metrics(r, R, A, lp_ref_tok, roll) -> dict:
@@ -155,7 +155,7 @@ class Trainer:
                                     temperature=cfg.temperature, top_p=cfg.top_p, ignore_eos=cfg.ignore_eos,
                                     seed=cfg.seed * 1_000_003 + step)  # y ~ pi_old, with lp_old_tok [B, T]
         t1 = time.perf_counter()
-        r = grade_batch(roll.texts, [self.problems[i].answer for i in idx], G, cfg.prefill, roll.mask.device)
+        r = task_rewards(roll.texts, [self.problems[i].answer for i in idx], G, cfg.prefill, roll.mask.device)
         t2 = time.perf_counter()
         lp_ref_tok = self.lp_ref(roll) if regime.needs_lp_ref else None  # frozen pi_ref [B, T]
         t3 = time.perf_counter()
