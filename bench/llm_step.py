@@ -85,6 +85,7 @@ def trl_grpo(args, out_dir: str) -> list[float]:
                         learning_rate=1e-6, weight_decay=0.01, max_grad_norm=1.0, lr_scheduler_type="constant",
                         max_steps=args.steps + 1, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
                         logging_steps=1, seed=42, shuffle_dataset=False,
+                        gradient_checkpointing=False,  # TRL enables it by default; ours does not recompute
                         generation_kwargs={"min_new_tokens": args.tokens})  # EOS suppressed: fixed length
     timer = StepTimer()
     trainer = GRPOTrainer(model=load_model("smollm2"), reward_funcs=task_reward, args=config, train_dataset=data,
