@@ -124,7 +124,7 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
         bar.close()
         result["datasets"][name] = summarize(rows, ks)
     if out is not None:
-        write_json_atomic(out, result)
+        write_atomic(out, json.dumps(result, indent=1))
     return result
 
 
@@ -155,10 +155,6 @@ def _lengths(roll, texts, tokenizer) -> list[float]:
     if lengths is not None:
         return [float(x) for x in (lengths.tolist() if hasattr(lengths, "tolist") else lengths)]
     return [float(len(tokenizer(t, add_special_tokens=False)["input_ids"])) for t in texts]
-
-
-def write_json_atomic(path, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------------------
