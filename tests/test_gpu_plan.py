@@ -389,8 +389,10 @@ def test_dry_run_warns_about_what_would_run_badly():
     from sharpening.llm.config import load_config
 
     base = ["model=Qwen/Qwen2.5-3B-Instruct", "prompts_per_step=32", "max_new_tokens=2048"]
-    text = dist_plan.dry_run(load_config(None, base), world_size=4)  # engine=hf, dtype=float32 by default
+    text = dist_plan.dry_run(load_config(None, base), world_size=1)  # engine=hf, dtype=float32 by default
     assert "WARN engine='hf': on GPUs use engine=vllm" in text and "WARN dtype='float32'" in text
+    with pytest.raises(ValueError, match="engine='hf' cannot run on 4 ranks"):  # ranks would fall out of step
+        dist_plan.dry_run(load_config(None, base), world_size=4)
     text = dist_plan.dry_run(load_config(None, base + ["engine=vllm", "dtype=bfloat16"]), world_size=4)
     assert text.count("WARN") == 1 and "WARN engine=vllm with is_cap=null" in text
     with pytest.raises(ValueError, match="prompts_per_step=32 is not divisible by world_size=5"):

@@ -2,6 +2,9 @@
 
     run_dir/checkpoints/step_000020/   model.safetensors + config.json + tokenizer (a loadable HF folder)
                                        trainer_state.pt: step, optimizer, RNG states, bad-step count
+                                       sharded/ (multi-GPU runs): every rank's shard of the weights and
+                                       of the optimizer state (torch.distributed.checkpoint); the
+                                       optimizer in trainer_state.pt is then None
 
 A checkpoint is written into a temp folder next to its final place and renamed when complete, so a run
 killed mid-save leaves either the previous checkpoints or the new one, never half of one. Resuming loads
@@ -26,6 +29,7 @@ from sharpening.llm.config import write_atomic
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.pt"
+SHARDED_DIR = "sharded"
 
 
 def checkpoint_dirs(run_dir) -> list[Path]:
@@ -57,17 +61,18 @@ def set_rng_states(states: dict) -> None:
 
 
 def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, extra=None, keep: int = 2,
-                    state_dict=None) -> Path:
+                    state_dict=None, staging=None) -> Path:
     """Write checkpoints/step_<step> atomically and delete all but the `keep` newest checkpoints.
 
     state_dict: the full weights when `model` alone does not hold them (FSDP shards, gathered by the caller);
-    optimizer None: no optimizer state (such a checkpoint evaluates but does not resume).
+    optimizer None: its state is not in trainer_state.pt (in staging/sharded, or not saved at all).
+    staging: the temp folder to complete and rename (`staging_dir`, where the ranks wrote their shards).
 
     The learning-rate schedule is a function of the step (trainer.warmup_factor), so the step is its state."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step_{step:06d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-step_{step:06d}-"))
+    tmp = Path(staging) if staging is not None else Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-step_{step:06d}-"))
     try:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
@@ -85,16 +90,46 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, extra=None,
 
 
 def load_checkpoint(path, model, optimizer) -> dict:
-    """Load weights, optimizer and RNG states from a checkpoint folder; returns its state dict."""
+    """Load weights, optimizer and RNG states from a checkpoint folder; returns its state dict. A multi-GPU
+    checkpoint (with sharded/) is loaded shard by shard by every rank (a collective)."""
     path = Path(path)
-    load_weights(model, path)
     state = torch.load(path / STATE_FILE, weights_only=False)
-    if state["optimizer"] is None:
-        raise ValueError(f"checkpoint {str(path)!r} holds no optimizer state (a multi-GPU run's): it can be "
-                         "evaluated but not resumed")
-    optimizer.load_state_dict(state["optimizer"])
+    if (path / SHARDED_DIR).is_dir():
+        load_sharded(path, model, optimizer)
+    elif state["optimizer"] is None:
+        raise ValueError(f"checkpoint {str(path)!r} holds no optimizer state: it can be evaluated but not resumed")
+    else:
+        load_weights(model, path)
+        optimizer.load_state_dict(state["optimizer"])
     set_rng_states(state["rng"])
     return state
+
+
+def staging_dir(run_dir, step: int) -> Path:
+    """The temp folder of a multi-rank checkpoint: the same path on every rank, so each can write its shard."""
+    return Path(run_dir) / "checkpoints" / f".tmp-step_{step:06d}-ranks"
+
+
+def save_sharded(folder, model, optimizer) -> None:
+    """Every rank writes its shard of the weights and of the optimizer state to folder/sharded (a collective).
+
+    torch.distributed.checkpoint: no rank ever holds the whole optimizer state (2 x fp32 per parameter)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=Path(folder) / SHARDED_DIR)
+
+
+def load_sharded(folder, model, optimizer) -> None:
+    """The inverse of save_sharded, into a model and optimizer sharded (or not) the same way (a collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)  # the layout to load into
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=Path(folder) / SHARDED_DIR)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
 def load_weights(model, folder) -> None:

@@ -375,6 +375,22 @@ class Ranks:
         """This rank's share of the step's prompts (whole groups: RLOO stays local)."""
         return indices[rank_slice(len(indices), self.rank, self.world_size)]
 
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def all_gather(self, obj) -> list:
+        """[obj of rank 0, obj of rank 1, ...] on every rank (any picklable object)."""
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
     def all_mean(self, value: float) -> float:
         """The mean over ranks of a per-rank number (step metrics such as the task reward)."""
         if self.world_size == 1:
@@ -451,6 +467,15 @@ def dry_run(config, world_size: int = 4, gpu_memory_gb: float = H100.memory_gb) 
     return "\n".join(lines)
 
 
+def check_engine(engine: str, world_size: int) -> None:
+    """The hf engine runs on one rank only: under FSDP every forward pass is a collective, and each rank decodes
+    until its own responses end, so the ranks would fall out of step and hang."""
+    if engine == "hf" and world_size > 1:
+        raise ValueError(f"engine='hf' cannot run on {world_size} ranks: each rank decodes until its own responses "
+                         "end, so the ranks' FSDP forward passes (collectives) would fall out of step and hang; "
+                         "use engine=vllm")
+
+
 def _checks(config, p: Plan) -> list:
     """(ok, message) for what the dry run can check without weights or GPUs."""
     peak = max(p.memory["train_peak"], p.memory["rollout_peak"])
@@ -459,6 +484,7 @@ def _checks(config, p: Plan) -> list:
               (p.fits, f"estimated peak {peak:.1f} GB fits in {p.gpu}" if p.fits else
                f"estimated peak {peak:.1f} GB, or the KV cache, does not fit in {p.gpu}: lower micro_batch_size "
                "or use more GPUs")]
+    check_engine(config.engine, p.world_size)
     if config.engine != "vllm":
         checks.append((False, f"engine={config.engine!r}: on GPUs use engine=vllm (paged attention, fast decoding)"))
     elif config.is_cap is None:

@@ -89,7 +89,7 @@ def maj_at_k(clusters, correct: int, k: int, subsets: int = 1000, seed: int = 0)
 def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int = 1024, temperature: float = 1.0,
              top_p: float = 1.0, prefill: str = "", template: str = PAPER_TEMPLATE, tokenizer=None,
              seed: int | None = 0, subsets: int = 1000, prompts_per_call: int | None = None, out=None,
-             info: dict | None = None) -> dict:
+             info: dict | None = None, ranks=None) -> dict:
     """Sample n responses per problem and score them: the eval.json dict (see docs/llm_data_eval.md).
 
     engine: anything with generate(prompts, n, max_new_tokens, temperature, top_p, ignore_eos, seed) returning
@@ -97,6 +97,10 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
     {dataset name: list of Problem}. prefill is appended to each prompt and prepended to each response before
     grading. ks larger than n are dropped. out: a path to write the dict to (atomically). info: extra
     top-level keys (run, regime, model, step).
+
+    ranks: a `distributed.Ranks` to split the work over data-parallel ranks: engine calls go round-robin to the
+    ranks, every rank returns the whole result and rank 0 alone writes `out`. Each call's seed depends only on
+    its position, so the result is the one a single process would get.
     """
     tokenizer = tokenizer if tokenizer is not None else engine.tokenizer
     datasets = problems if isinstance(problems, dict) else {"problems": problems}
@@ -106,10 +110,12 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
     per_call = prompts_per_call or max(1, 64 // n)  # ~64 sequences per engine call: one batch of HFEngine
     result = {**(info or {}), "n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
               "prefill": prefill, "seed": seed, "datasets": {}}
+    rank, world_size = (ranks.rank, ranks.world_size) if ranks is not None else (0, 1)
     for name, items in datasets.items():
-        rows = []
-        bar = tqdm(total=len(items), desc=f"eval {name}", unit="problem")
-        for start in range(0, len(items), per_call):
+        starts = range(0, len(items), per_call)
+        rows, mine = [], {}  # mine: this rank's rows, by the start of their call
+        bar = tqdm(total=len(items), desc=f"eval {name}", unit="problem", disable=rank != 0)
+        for start in starts[rank::world_size]:
             chunk = items[start:start + per_call]
             prompts = [format_prompt(tokenizer, p.problem, template, prefill) for p in chunk]
             call_seed = None if seed is None else seed + start
@@ -117,13 +123,17 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
                                    top_p=top_p, ignore_eos=False, seed=call_seed)
             texts = [prefill + t for t in roll.texts]  # [len(chunk) * n], prompt-major
             lengths = _lengths(roll, texts, tokenizer)
-            for i, p in enumerate(chunk):
-                rows.append(score_problem(p, texts[i * n:(i + 1) * n], lengths[i * n:(i + 1) * n], ks, subsets, seed))
-            bar.update(len(chunk))
+            mine[start] = [score_problem(p, texts[i * n:(i + 1) * n], lengths[i * n:(i + 1) * n], ks, subsets, seed)
+                           for i, p in enumerate(chunk)]
+            rows += mine[start]
+            bar.update(len(chunk) * world_size)  # the other ranks work on as many
             bar.set_postfix({"pass@1": f"{np.mean([r['pass@k']['1'] for r in rows]):.3f}"})
         bar.close()
+        if world_size > 1:
+            every = {k: v for part in ranks.all_gather(mine) for k, v in part.items()}
+            rows = [row for start in starts for row in every[start]]
         result["datasets"][name] = summarize(rows, ks)
-    if out is not None:
+    if out is not None and rank == 0:
         write_atomic(out, json.dumps(result, indent=1))
     return result
 
@@ -247,8 +257,10 @@ def _build_engine(kind: str, model_path: str, seed: int):
         from sharpening.llm.vllm_engine import VLLMEngine
 
         return VLLMEngine(resolve(model_path), tokenizer, sleep_level=0, seed=seed)
+    from sharpening.llm.allocator import retain_freed_memory
     from sharpening.llm.rollout import HFEngine
 
+    retain_freed_memory()  # the hf engine runs on CPU here
     return HFEngine(load_model(model_path), tokenizer)
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sharpening.llm.models import position_ids, sequence_logprobs
+from sharpening.llm.models import (new_cache, position_ids, sequence_logprobs, token_logprobs,
+                                    uses_activation_checkpointing)
 
 
 @dataclass
@@ -43,28 +44,75 @@ class Rollout:
         return torch.cat([self.prompt_mask, self.mask.to(self.prompt_mask.dtype)], 1)  # [B, P + T]
 
 
-def response_logprobs(model, roll: Rollout, rows=slice(None)):
-    """log pi(y_t | x, y_<t) of the rollout's response tokens under `model`, [b, T], by a full forward pass."""
-    P = roll.prompt_ids.shape[1]
-    ids, attn = roll.input_ids()[rows], roll.attention_mask()[rows]
-    response = torch.zeros_like(attn)
-    response[:, P:] = attn[:, P:]
-    return sequence_logprobs(model, ids, attn, response)[:, P:]
+def response_logprobs(model, roll: Rollout, rows=slice(None), share_prompt: bool = True):
+    """log pi(y_t | x, y_<t) of the rollout's response tokens under `model`, [b, T], with grad if enabled.
+
+    share_prompt: each distinct prompt among `rows` runs once and its KV cache serves all of its responses
+    (a group's G responses share one prompt, often half the tokens of a sequence), then the responses run on
+    top of the cache; gradients flow back through the shared prompt. The same numbers as one full forward
+    pass per row (share_prompt=False) up to float rounding. Under activation checkpointing the full pass is
+    used: the layer recomputation would replay the cache writes.
+    """
+    if not share_prompt or uses_activation_checkpointing(model):
+        P = roll.prompt_ids.shape[1]
+        ids, attn = roll.input_ids()[rows], roll.attention_mask()[rows]
+        response = torch.zeros_like(attn)
+        response[:, P:] = attn[:, P:]
+        return sequence_logprobs(model, ids, attn, response)[:, P:]
+    prompt_ids, prompt_mask = roll.prompt_ids[rows], roll.prompt_mask[rows]
+    tokens, mask = roll.tokens[rows], roll.mask[rows]
+    first, inverse = distinct_rows(torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], 1))  # [u], [b]
+    start = int(prompt_mask[first].any(0).float().argmax())  # left padding that every distinct prompt has
+    prompt_ids, prompt_mask = prompt_ids[:, start:], prompt_mask[:, start:]
+    out = model(input_ids=prompt_ids[first], attention_mask=prompt_mask[first],
+                position_ids=position_ids(prompt_mask[first]), past_key_values=new_cache(model), use_cache=True,
+                logits_to_keep=1)
+    # index_select, not x[inverse]: its backward (index_add_) is deterministic on CPU, index_put_'s is not
+    logp = [token_logprobs(out.logits[:, -1].index_select(0, inverse), tokens[:, 0])[:, None]]  # y_0 | x
+    if tokens.shape[1] > 1:
+        cache = out.past_key_values
+        for layer in cache.layers:  # each response reads its prompt's keys and values
+            layer.keys, layer.values = layer.keys.index_select(0, inverse), layer.values.index_select(0, inverse)
+        attn = torch.cat([prompt_mask, mask[:, :-1].to(prompt_mask.dtype)], 1)  # the last token predicts nothing
+        pos = position_ids(attn)[:, prompt_mask.shape[1]:]
+        out = model(input_ids=tokens[:, :-1], attention_mask=attn, position_ids=pos, past_key_values=cache,
+                    use_cache=True)
+        logp.append(token_logprobs(out.logits, tokens[:, 1:]))  # y_t | x, y_<t for t >= 1
+    return torch.cat(logp, 1).masked_fill(mask == 0, 0.0)  # not * mask: a -inf log-prob times 0 is NaN
+
+
+def distinct_rows(x):
+    """first, inverse: x[first] are the distinct rows of x [b, L], each at its first occurrence; x[first][inverse] == x."""
+    _, inverse = torch.unique(x, dim=0, return_inverse=True)
+    rows = torch.arange(len(x), device=x.device)
+    first = torch.full((int(inverse.max()) + 1,), len(x), device=x.device).scatter_reduce(0, inverse, rows, "amin")
+    return first, inverse
 
 
 def sample_next(logits, temperature: float = 1.0, top_p: float = 1.0, generator=None):
-    """One token per row from softmax(logits / temperature), restricted to the top-p nucleus. logits: [B, V]."""
+    """One token per row from softmax(logits / temperature), restricted to the top-p nucleus. logits: [B, V].
+
+    Inverse-CDF sampling: one uniform per row against the cumulative probabilities (float64). Exact, and
+    several times cheaper than torch.multinomial, which draws one exponential per vocabulary entry.
+    """
     probs = torch.softmax(logits / temperature, -1)
     if top_p < 1.0:
         sorted_p, order = probs.sort(-1, descending=True)
         outside = sorted_p.cumsum(-1) - sorted_p > top_p  # tokens after the nucleus is full
         sorted_p = sorted_p.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
+    cdf = probs.double().cumsum(-1)  # [B, V]
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, dtype=cdf.dtype, device=cdf.device, generator=generator) * total
+    u = torch.minimum(u, total.nextafter(torch.zeros_like(total)))  # u < total even after rounding
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)  # first token whose cdf exceeds u: [B]
 
 
 class HFEngine:
-    """Batched sampling from a Hugging Face causal LM with a KV cache (pure sampling by default)."""
+    """Batched sampling from a Hugging Face causal LM with a KV cache (pure sampling by default).
+
+    batch_size: sequences decoded together, rounded to whole groups (at least one prompt's n samples).
+    """
 
     def __init__(self, model, tokenizer, batch_size: int = 64):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -84,16 +132,17 @@ class HFEngine:
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left",
                              add_special_tokens=False)
-        prompt_ids = enc.input_ids.repeat_interleave(n, 0).to(self.device)  # [B, P]
-        prompt_mask = enc.attention_mask.repeat_interleave(n, 0).to(self.device)  # [B, P]
+        distinct_ids, distinct_mask = enc.input_ids.to(self.device), enc.attention_mask.to(self.device)  # [p, P]
+        per_chunk = max(1, self.batch_size // n)  # whole groups: a prompt is run once for its n samples
         was_training = self.model.training
         self.model.eval()
         try:
-            chunks = [self._sample(prompt_ids[i:i + self.batch_size], prompt_mask[i:i + self.batch_size],
+            chunks = [self._sample(distinct_ids[i:i + per_chunk], distinct_mask[i:i + per_chunk], n,
                                    max_new_tokens, temperature, top_p, ignore_eos, generator)
-                      for i in range(0, len(prompt_ids), self.batch_size)]
+                      for i in range(0, len(prompts), per_chunk)]
         finally:
             self.model.train(was_training)
+        prompt_ids, prompt_mask = (x.repeat_interleave(n, 0) for x in (distinct_ids, distinct_mask))  # [B, P]
         T = max(c[0].shape[1] for c in chunks)
         tokens, mask, lp_old_tok = (torch.cat([_pad_right(c[k], T, v) for c in chunks])
                                     for k, v in ((0, self.pad_id), (1, 0.0), (2, 0.0)))
@@ -102,21 +151,22 @@ class HFEngine:
         group = torch.arange(len(prompts), device=self.device).repeat_interleave(n)
         return Rollout(prompt_ids, prompt_mask, tokens, mask, lp_old_tok, mask.sum(-1), truncated, texts, group)
 
-    def _sample(self, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, ignore_eos, generator):
-        """The decoding loop for one chunk: returns tokens, mask, lp_old_tok [b, T] and truncated [b]."""
-        from transformers import DynamicCache
-
-        b = prompt_ids.shape[0]
-        attn, pos = prompt_mask, position_ids(prompt_mask)
-        out = self.model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos,
-                         past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
-        pos = pos[:, -1:]
-        done = torch.zeros(b, dtype=torch.bool, device=prompt_ids.device)
+    def _sample(self, prompt_ids, prompt_mask, n, max_new_tokens, temperature, top_p, ignore_eos, generator):
+        """The decoding loop for n samples of each of a chunk's prompts (prefilled once, their KV cache then
+        repeated n times): returns tokens, mask, lp_old_tok [b, T] and truncated [b], b = n * len(prompt_ids)."""
+        pos = position_ids(prompt_mask)
+        out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos,
+                         past_key_values=new_cache(self.model), use_cache=True, logits_to_keep=1)
+        out.past_key_values.batch_repeat_interleave(n)
+        out.logits = out.logits.repeat_interleave(n, 0)
+        attn, pos = prompt_mask.repeat_interleave(n, 0), pos[:, -1:].repeat_interleave(n, 0)
+        b = attn.shape[0]
+        done = torch.zeros(b, dtype=torch.bool, device=attn.device)
         tokens, mask, lp_old = [], [], []
         for t in range(max_new_tokens):
             logits = out.logits[:, -1].float()  # [b, V]
             y = sample_next(logits, temperature, top_p, generator)  # [b]
-            lp = logits.gather(-1, y[:, None]).squeeze(-1) - logits.logsumexp(-1)  # log pi_theta(y)
+            lp = token_logprobs(logits, y)  # log pi_theta(y)
             tokens.append(torch.where(done, self.pad_id, y))
             mask.append((~done).float())
             lp_old.append(lp.masked_fill(done, 0.0))

@@ -13,15 +13,19 @@ import copy
 import json
 import math
 import os
+import shutil
 import time
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sharpening.llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
+from sharpening.llm.allocator import retain_freed_memory
+from sharpening.llm.checkpoint import (latest_checkpoint, load_checkpoint, save_checkpoint, save_sharded, staging_dir,
+                                       truncate_metrics)
 from sharpening.llm.config import TrainConfig, save_config, write_atomic
-from sharpening.llm.distributed import Ranks, global_token_count, micro_batches, token_mean_scale, vllm_settings
+from sharpening.llm.distributed import (Ranks, check_engine, global_token_count, micro_batches, token_mean_scale,
+                                         vllm_settings)
 from sharpening.llm.models import load_model, load_tokenizer, resolve
 from sharpening.llm.rollout import HFEngine, response_logprobs
 from sharpening.objective import pg_loss, rloo_advantages, sequence_sums, shaped_reward, truncated_is_weight
@@ -65,6 +69,7 @@ def pick_device(name: str) -> torch.device:
 
 def make_engine(cfg: TrainConfig, policy, tokenizer, world_size: int = 1):
     """The rollout engine named by cfg.engine (vLLM gets its memory share and max_model_len from the plan)."""
+    check_engine(cfg.engine, world_size)
     if cfg.engine == "hf":
         return HFEngine(policy, tokenizer, batch_size=cfg.gen_batch_size)
     from sharpening.llm.vllm_engine import VLLMEngine, import_vllm
@@ -83,11 +88,14 @@ class Trainer:
         self.ranks = Ranks.from_env()  # rank 0 of 1 without a launcher; FSDP ranks under `accelerate launch`
         self.cfg, self.run_dir = cfg, cfg.run_dir
         self.device = self.ranks.accelerator.device if self.ranks.accelerator else pick_device(cfg.device)
+        if self.device.type == "cpu":
+            retain_freed_memory()  # no page faults on the same tensors every step (sharpening/llm/allocator.py)
         torch.manual_seed(cfg.seed)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
         policy = policy if policy is not None else load_model(cfg.model, dtype=cfg.dtype)
         self.policy = policy.to(self.device).train()
-        self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)  # pi_ref: the initial weights, frozen
+        # pi_ref: the initial weights, frozen; kept only when the regime reads lp_ref (a model's worth of memory)
+        self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False) if cfg.regime.needs_lp_ref else None
         # fused: one kernel over all tensors, ~10x faster than the per-tensor loop on CPU; under FSDP torch's
         # default (its sharded parameters were never run with the fused kernel here)
         fused = True if self.ranks.accelerator is None else None
@@ -114,9 +122,6 @@ class Trainer:
                                   "or choose another run_name")
         if self.ranks.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.cfg.resume and self.ranks.world_size > 1:
-            raise ValueError("resume=true is not implemented for multi-GPU runs (FSDP optimizer states are not "
-                             "saved); start a new run from a checkpoint folder with model=<checkpoint path>")
         ckpt = latest_checkpoint(self.run_dir) if self.cfg.resume else None
         if ckpt is not None:
             state = load_checkpoint(ckpt, self.policy, self.opt)
@@ -128,17 +133,24 @@ class Trainer:
             save_config(self.cfg, self.run_dir / "config.yaml")
 
     def save(self):
-        """Every rank calls this; rank 0 writes. Under FSDP the full weights are gathered first (a collective)
-        and the sharded optimizer state is not saved: such checkpoints evaluate but do not resume."""
-        acc = self.ranks.accelerator
+        """Every rank calls this. One process: one folder, renamed into place. Under FSDP: the full weights are
+        gathered on rank 0 (a loadable HF folder), every rank writes its shard of weights and optimizer state
+        into a shared staging folder, then rank 0 completes and renames it (collectives, in that order)."""
+        acc, extra, keep = self.ranks.accelerator, {"bad_steps": self.bad_steps}, self.cfg.keep_checkpoints
         if acc is None:
-            return save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, self.opt,
-                                   extra={"bad_steps": self.bad_steps}, keep=self.cfg.keep_checkpoints)
+            return save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, self.opt, extra, keep)
         weights = acc.get_state_dict(self.policy)
+        staging = staging_dir(self.run_dir, self.step)
+        if self.ranks.is_main:  # a staging folder left by a killed save is stale
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.ranks.barrier()
+        save_sharded(staging, self.policy, self.opt)
+        self.ranks.barrier()
         if self.ranks.is_main:
-            save_checkpoint(self.run_dir, self.step, acc.unwrap_model(self.policy), self.tokenizer, None,
-                            extra={"bad_steps": self.bad_steps}, keep=self.cfg.keep_checkpoints,
-                            state_dict=weights)
+            save_checkpoint(self.run_dir, self.step, acc.unwrap_model(self.policy), self.tokenizer, None, extra,
+                            keep, state_dict=weights, staging=staging)
+        self.ranks.barrier()  # nobody moves on (or resumes) before the checkpoint is in place
 
     # -- one step ------------------------------------------------------------------------------------
     def batch(self, step: int) -> list[int]:
@@ -151,6 +163,7 @@ class Trainer:
     def train_step(self, step: int) -> dict:
         cfg, G, regime = self.cfg, self.cfg.group_size, self.cfg.regime
         idx = self.ranks.my_prompts(self.batch(step))  # this rank's whole groups
+        self.opt.zero_grad(set_to_none=True)  # last step's gradients: freed, the rollout runs in less memory
         t0 = time.perf_counter()
         roll = self.engine.generate([self.prompts[i] for i in idx], n=G, max_new_tokens=cfg.max_new_tokens,
                                     temperature=cfg.temperature, top_p=cfg.top_p, ignore_eos=cfg.ignore_eos,
@@ -220,8 +233,8 @@ class Trainer:
         res = evaluate(self.engine, self.eval_sets, n=cfg.eval_n, ks=eval_ks(cfg.eval_n),
                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                        prefill=cfg.prefill, template=self.template, tokenizer=self.tokenizer, seed=cfg.eval_seed,
-                       out=self.run_dir / "eval" / f"step_{step:06d}.json", info=info)
-        if step == cfg.steps:
+                       out=self.run_dir / "eval" / f"step_{step:06d}.json", info=info, ranks=self.ranks)
+        if step == cfg.steps and self.ranks.is_main:
             write_atomic(self.run_dir / "eval.json", json.dumps(res, indent=1))
         return {f"eval/{name}/{metric}@{k}": v for name, d in res["datasets"].items()
                 for metric in ("pass", "maj") for k, v in d[f"{metric}@k"].items()}

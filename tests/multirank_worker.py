@@ -1,0 +1,86 @@
+"""Run by tests/test_multirank.py under torchrun: 2 CPU processes, gloo, the real SmolLM2. Not a test itself.
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/multirank_worker.py JOB OUT_DIR
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def fsdp_model():
+    """SmolLM2 sharded as the accelerate configs shard it: one FSDP2 unit per decoder layer, then the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    from sharpening.llm.models import load_model
+
+    model = load_model("smollm2")
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def train_step(model, opt, rank: int, step: int) -> None:
+    """A language-model loss on a batch fixed by (rank, step): the same data in every run."""
+    ids = torch.randint(1000, (2, 12), generator=torch.Generator().manual_seed(1000 * step + rank))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def save_full_weights(model, path: Path, rank: int) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        torch.save(full, path)
+
+
+def resume(job: str, out: Path, rank: int) -> None:
+    """run: step 1, sharded checkpoint, step 2. resume: a fresh process loads it and does step 2.
+    fresh_optimizer: loads it, then replaces the optimizer (its state lost) and does step 2."""
+    from sharpening.llm.checkpoint import load_sharded, save_sharded
+
+    model = fsdp_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    if job == "run":
+        train_step(model, opt, rank, step=1)
+        save_sharded(out / "ckpt", model, opt)
+    else:
+        load_sharded(out / "ckpt", model, opt)
+        if job == "fresh_optimizer":
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    train_step(model, opt, rank, step=2)
+    save_full_weights(model, out / f"{job}.pt", rank)
+
+
+def evaluate(out: Path, rank: int, world_size: int) -> None:
+    """The shared evaluation split over the ranks; each rank dumps what it returned."""
+    from sharpening.llm.distributed import Ranks
+    from sharpening.llm.evaluation import evaluate as run_evaluation
+
+    from test_multirank import EVAL_ARGS, eval_inputs  # the test's own arguments
+
+    engine, problems = eval_inputs()
+    result = run_evaluation(engine, problems, **EVAL_ARGS, out=out / "eval.json", ranks=Ranks(rank, world_size))
+    (out / f"eval_rank{rank}.json").write_text(json.dumps(result))
+
+
+def main() -> None:
+    job, out = sys.argv[1], Path(sys.argv[2])
+    dist.init_process_group("gloo")
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    if job == "evaluate":
+        evaluate(out, rank, world_size)
+    else:
+        resume(job, out, rank)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
