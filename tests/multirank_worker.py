@@ -58,6 +58,28 @@ def resume(job: str, out: Path, rank: int) -> None:
     save_full_weights(model, out / f"{job}.pt", rank)
 
 
+def shared_prompt_gradient(out: Path, rank: int) -> None:
+    """Under FSDP2 the shared-prompt forward calls the sharded model twice before one backward: its gradient
+    must still be the full pass's. Each rank samples its own question (fixed length: the ranks decode in
+    lockstep, as FSDP's collectives need); rank 0 saves both full gradients."""
+    from sharpening.llm.data import format_prompt
+    from sharpening.llm.models import load_tokenizer
+    from sharpening.llm.rollout import HFEngine, response_logprobs
+
+    model, tok = fsdp_model(), load_tokenizer("smollm2")
+    question = ["What is 3 + 5?", "What is 12 + 7 - 4? Show your work."][rank]
+    roll = HFEngine(model, tok).generate([format_prompt(tok, question, "{problem}", "\\boxed{")], n=3,
+                                         max_new_tokens=6, ignore_eos=True, seed=rank)
+    A = torch.tensor([1.0, -0.5, 2.0])
+    grads = {}
+    for share in (True, False):
+        model.zero_grad(set_to_none=True)
+        (A[:, None] * response_logprobs(model, roll, share_prompt=share)).sum().backward()
+        grads[share] = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
+    if rank == 0:
+        torch.save(grads, out / "grads.pt")
+
+
 def evaluate(out: Path, rank: int, world_size: int) -> None:
     """The shared evaluation split over the ranks; each rank dumps what it returned."""
     from sharpening.llm.distributed import Ranks
@@ -76,6 +98,8 @@ def main() -> None:
     rank, world_size = dist.get_rank(), dist.get_world_size()
     if job == "evaluate":
         evaluate(out, rank, world_size)
+    elif job == "shared_prompt_gradient":
+        shared_prompt_gradient(out, rank)
     else:
         resume(job, out, rank)
     dist.barrier()

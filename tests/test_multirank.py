@@ -3,6 +3,8 @@
 - A sharded checkpoint (FSDP2 weights + AdamW state, torch.distributed.checkpoint) resumes bit-exactly: a
   fresh pair of processes that loads it and takes step 2 ends with the weights of the uninterrupted run.
   Replacing the loaded optimizer by a fresh one does not: the optimizer state was restored, not rebuilt.
+- Under FSDP2, the shared-prompt forward (two calls of the sharded model before one backward) gives the
+  gradient of the full forward pass.
 - The evaluation split over the ranks returns, on every rank, the result of one process doing it all, and
   only rank 0 writes it.
 """
@@ -65,3 +67,13 @@ def test_evaluation_split_over_ranks_equals_one_process(tmp_path):
         assert json.loads((tmp_path / f"eval_rank{rank}.json").read_text()) == json.loads(json.dumps(single))
     assert json.loads((tmp_path / "eval.json").read_text()) == json.loads(json.dumps(single))
     assert [p["id"] for p in single["datasets"]["add"]["problems"]] == [p.id for p in problems["add"]]
+
+
+def test_shared_prompt_gradient_under_fsdp(tmp_path):
+    torchrun("shared_prompt_gradient", tmp_path)
+    grads = torch.load(tmp_path / "grads.pt")
+    shared, full = grads[True], grads[False]
+    assert shared.keys() == full.keys() and len(full) > 100
+    for name in full:
+        assert full[name].norm() > 0, name
+        assert (shared[name] - full[name]).norm() <= 2e-3 * full[name].norm(), name
