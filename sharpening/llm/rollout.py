@@ -59,14 +59,14 @@ def response_logprobs(model, roll: Rollout, rows=slice(None), share_prompt: bool
         response = torch.zeros_like(attn)
         response[:, P:] = attn[:, P:]
         return sequence_logprobs(model, ids, attn, response)[:, P:]
-    prompt_ids, prompt_mask = roll.prompt_ids[rows], roll.prompt_mask[rows]
-    tokens, mask = roll.tokens[rows], roll.mask[rows]
-    first, inverse = distinct_rows(torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], 1))  # [u], [b]
-    start = int(prompt_mask[first].any(0).float().argmax())  # left padding that every distinct prompt has
-    prompt_ids, prompt_mask = prompt_ids[:, start:], prompt_mask[:, start:]
-    out = model(input_ids=prompt_ids[first], attention_mask=prompt_mask[first],
-                position_ids=position_ids(prompt_mask[first]), past_key_values=new_cache(model), use_cache=True,
-                logits_to_keep=1)
+    prompt_mask, tokens, mask = roll.prompt_mask[rows], roll.tokens[rows], roll.mask[rows]
+    P = prompt_mask.shape[1]
+    prompts = torch.cat([roll.prompt_ids[rows], prompt_mask.to(roll.prompt_ids.dtype)], 1)  # [b, 2P]: ids, mask
+    distinct, inverse = torch.unique(prompts, dim=0, return_inverse=True)  # [u, 2P]; prompts == distinct[inverse]
+    start = int(distinct[:, P:].any(0).float().argmax())  # left padding that every distinct prompt has
+    distinct_ids, distinct_mask, prompt_mask = distinct[:, start:P], distinct[:, P + start:], prompt_mask[:, start:]
+    out = model(input_ids=distinct_ids, attention_mask=distinct_mask, position_ids=position_ids(distinct_mask),
+                past_key_values=new_cache(model), use_cache=True, logits_to_keep=1)
     # index_select, not x[inverse]: its backward (index_add_) is deterministic on CPU, index_put_'s is not
     logp = [token_logprobs(out.logits[:, -1].index_select(0, inverse), tokens[:, 0])[:, None]]  # y_0 | x
     if tokens.shape[1] > 1:
@@ -79,14 +79,6 @@ def response_logprobs(model, roll: Rollout, rows=slice(None), share_prompt: bool
                     use_cache=True)
         logp.append(token_logprobs(out.logits, tokens[:, 1:]))  # y_t | x, y_<t for t >= 1
     return torch.cat(logp, 1).masked_fill(mask == 0, 0.0)  # not * mask: a -inf log-prob times 0 is NaN
-
-
-def distinct_rows(x):
-    """first, inverse: x[first] are the distinct rows of x [b, L], each at its first occurrence; x[first][inverse] == x."""
-    _, inverse = torch.unique(x, dim=0, return_inverse=True)
-    rows = torch.arange(len(x), device=x.device)
-    first = torch.full((int(inverse.max()) + 1,), len(x), device=x.device).scatter_reduce(0, inverse, rows, "amin")
-    return first, inverse
 
 
 def sample_next(logits, temperature: float = 1.0, top_p: float = 1.0, generator=None):
