@@ -1,6 +1,6 @@
 """The rollout engine's speed-ups keep the numbers: the shared-prompt forward, inverse-CDF sampling, fused
-log-probs, and the allocator setting. References are written here: softmax by hand, one unpadded sequence
-at a time through the plain model, page-fault counts from the kernel."""
+log-probs, and the allocator setting. References: softmax by hand, one unpadded sequence at a time through
+the plain model (test_llm_trainer.plain_row), page-fault counts from the kernel."""
 
 import math
 import os
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sharpening.llm.rollout import sample_next
+from test_llm_trainer import plain_row  # the independent reference: one unpadded sequence, full forward
 
 
 def test_sample_next_draws_from_the_softmax():
@@ -93,19 +94,6 @@ def model_and_rollout():
     return model.train(), roll
 
 
-def plain_loss(model, roll, A):
-    """sum_i A_i sum_t log p(y_it | x_i, y_i<t): each sequence alone, unpadded, full forward, no cache."""
-    total = 0.0
-    for i in range(len(roll)):
-        prompt = roll.prompt_ids[i][roll.prompt_mask[i] > 0]
-        T = int(roll.mask[i].sum())
-        ids = torch.cat([prompt, roll.tokens[i, :T]])[None]
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
-        P = len(prompt)
-        total = total + A[i] * sum(logp[P + t - 1, roll.tokens[i, t]] for t in range(T))
-    return total
-
-
 @pytest.mark.slow
 @pytest.mark.llm
 def test_shared_prompt_forward_gives_the_log_probs_and_gradient_of_full_forwards(model_and_rollout):
@@ -114,7 +102,8 @@ def test_shared_prompt_forward_gives_the_log_probs_and_gradient_of_full_forwards
     model, roll = model_and_rollout
     A = torch.tensor([1.0, -0.5, 2.0, -1.0, 0.3, 0.7], dtype=torch.float64)
     params = [p for p in model.parameters() if p.requires_grad]
-    expected = torch.autograd.grad(plain_loss(model, roll, A), params)
+    plain_loss = sum(A[i] * plain_row(model, roll, i).sum() for i in range(len(roll)))  # sum_i A_i sum_t log p
+    expected = torch.autograd.grad(plain_loss, params)
     logp = response_logprobs(model, roll)  # shared prompt (the default)
     assert logp.shape == roll.tokens.shape and (logp[roll.mask == 0] == 0).all()
     got = torch.autograd.grad((A[:, None] * logp.double()).sum(), params)
@@ -122,17 +111,8 @@ def test_shared_prompt_forward_gives_the_log_probs_and_gradient_of_full_forwards
         assert (g.double() - e).norm() <= 1e-3 * e.norm() + 1e-6
     with torch.no_grad():  # rows that cut through a group, the groups out of order
         for rows in (slice(1, 4), torch.tensor([5, 0, 3])):
-            ref = torch.stack([_plain_row(model, roll, int(i)) for i in torch.arange(len(roll))[rows]])
+            ref = torch.stack([plain_row(model, roll, int(i)) for i in torch.arange(len(roll))[rows]])
             torch.testing.assert_close(response_logprobs(model, roll, rows).double(), ref, atol=1e-4, rtol=0)
-
-
-def _plain_row(model, roll, i):
-    prompt = roll.prompt_ids[i][roll.prompt_mask[i] > 0]
-    T = int(roll.mask[i].sum())
-    logp = torch.log_softmax(model(input_ids=torch.cat([prompt, roll.tokens[i, :T]])[None]).logits[0].double(), -1)
-    out = torch.zeros(roll.tokens.shape[1], dtype=torch.float64)
-    out[:T] = logp[len(prompt) - 1:len(prompt) + T - 1].gather(-1, roll.tokens[i, :T, None]).squeeze(-1)
-    return out
 
 
 @pytest.mark.slow
@@ -151,7 +131,7 @@ def test_activation_checkpointing_falls_back_to_the_full_forward(model_and_rollo
         with torch.no_grad():
             assert not uses_activation_checkpointing(model)  # nothing is recomputed without gradients
         logp = response_logprobs(model, roll)
-        ref = torch.stack([_plain_row(model, roll, i) for i in range(len(roll))]).detach()
+        ref = torch.stack([plain_row(model, roll, i) for i in range(len(roll))]).detach()
         torch.testing.assert_close(logp.detach().double(), ref, atol=1e-4, rtol=0)
         logp.sum().backward()
         assert model.model.embed_tokens.weight.grad.abs().sum() > 0

@@ -26,19 +26,21 @@ def initial_model():
     return load_model("smollm2").eval()
 
 
-def plain_logprobs(model, roll):
-    """log p(y_t | x, y_<t) per response token [B, T]: each sequence alone, unpadded, by a full forward."""
-    out = torch.zeros_like(roll.lp_old_tok)
-    for i in range(len(roll)):
-        prompt = roll.prompt_ids[i][roll.prompt_mask[i] > 0]
-        T = int(roll.mask[i].sum())
-        ids = torch.cat([prompt, roll.tokens[i, :T]])[None]
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
-        P = len(prompt)
-        for t in range(T):
-            out[i, t] = logp[P + t - 1, roll.tokens[i, t]]
+def plain_row(model, roll, i):
+    """log p(y_it | x_i, y_i<t) of response i [T] (float64, 0 past its length; with grad if enabled): the
+    sequence alone, unpadded, one full forward pass without cache or position ids."""
+    prompt = roll.prompt_ids[i][roll.prompt_mask[i] > 0]
+    T = int(roll.mask[i].sum())
+    logp = torch.log_softmax(model(input_ids=torch.cat([prompt, roll.tokens[i, :T]])[None]).logits[0].double(), -1)
+    out = torch.zeros(roll.tokens.shape[1], dtype=torch.float64)
+    out[:T] = logp[len(prompt) - 1:len(prompt) + T - 1].gather(-1, roll.tokens[i, :T, None]).squeeze(-1)
     return out
+
+
+def plain_logprobs(model, roll):
+    """log p(y_t | x, y_<t) per response token [B, T]: each sequence alone, by plain_row."""
+    with torch.no_grad():
+        return torch.stack([plain_row(model, roll, i) for i in range(len(roll))]).to(roll.lp_old_tok.dtype)
 
 
 def make_trainer(tmp_path, *overrides):
