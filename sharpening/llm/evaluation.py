@@ -11,6 +11,7 @@ C(n, k) of them when there are at most `subsets`, else `subsets` random ones (se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -24,6 +25,7 @@ from sharpening.llm.data import BENCHMARKS, PAPER_TEMPLATE, TEMPLATES, Problem, 
 from sharpening.llm.grading import extract_boxed, grade
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
+SAMPLERS = ("ancestral", "temperature", "power")
 EVAL_DATASETS = ("math500", "minerva_math", "aime24", "aime25", "hmmt25")
 
 
@@ -123,7 +125,9 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
                                    top_p=top_p, ignore_eos=False, seed=call_seed)
             texts = [prefill + t for t in roll.texts]  # [len(chunk) * n], prompt-major
             lengths = _lengths(roll, texts, tokenizer)
-            mine[start] = [score_problem(p, texts[i * n:(i + 1) * n], lengths[i * n:(i + 1) * n], ks, subsets, seed)
+            costs = _costs(roll, lengths)
+            mine[start] = [{**score_problem(p, texts[i * n:(i + 1) * n], lengths[i * n:(i + 1) * n], ks, subsets,
+                                            seed), **{k: _mean(v[i * n:(i + 1) * n]) for k, v in costs.items()}}
                            for i, p in enumerate(chunk)]
             rows += mine[start]
             bar.update(len(chunk) * world_size)  # the other ranks work on as many
@@ -152,11 +156,30 @@ def score_problem(problem: Problem, texts: list[str], lengths: list[float], ks, 
 
 def summarize(rows: list[dict], ks) -> dict:
     """Average the per-problem scores of one data set (each problem weighs the same)."""
+    costs = {k: float(np.mean([r[k] for r in rows])) for k in COSTS if rows and all(k in r for r in rows)}
     return {"num_problems": len(rows),
             "pass@k": {str(k): float(np.mean([r["pass@k"][str(k)] for r in rows])) for k in ks},
             "maj@k": {str(k): float(np.mean([r["maj@k"][str(k)] for r in rows])) for k in ks},
-            "mean_length": float(np.mean([r["mean_length"] for r in rows])) if rows else 0.0,
+            "mean_length": float(np.mean([r["mean_length"] for r in rows])) if rows else 0.0, **costs,
             "problems": [{"id": r["id"], "correct": r["correct"], "n": r["n"]} for r in rows]}
+
+
+COSTS = ("tokens_per_answer", "acceptance")  # per-answer costs, averaged per problem then over problems
+
+
+def _costs(roll, lengths) -> dict:
+    """Per response: tokens generated to produce it (the engine's count, e.g. a power sampler's every proposal;
+    else its length) and, for a power sampler, its Metropolis-Hastings acceptance rate."""
+    generated = getattr(roll, "generated_tokens", None)
+    costs = {"tokens_per_answer": lengths if generated is None else [float(x) for x in generated.tolist()]}
+    if getattr(roll, "acceptance", None) is not None:
+        costs["acceptance"] = [float(x) for x in roll.acceptance.tolist()]
+    return costs
+
+
+def _mean(values) -> float:
+    values = [v for v in values if not math.isnan(v)]  # a chain with no proposal has no acceptance rate
+    return float(np.mean(values)) if values else float("nan")
 
 
 def _lengths(roll, texts, tokenizer) -> list[float]:
@@ -193,6 +216,19 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--out", default=None, help="folder for eval.json (default: print only)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="hf (CPU/GPU) or vllm (GPU)")
+    sampler = parser.add_argument_group("sampler", "how each response is drawn (docs/power_sampling.md)")
+    sampler.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
+                         help="ancestral: the model at --temperature (default); temperature: token-level temperature "
+                              "1/alpha; power: MCMC toward pi**alpha over whole responses (hf engine)")
+    sampler.add_argument("--alpha", type=float, default=4.0, help="exponent alpha of temperature and power (default 4)")
+    sampler.add_argument("--block-size", type=int, default=None,
+                         help="power: tokens per block (default max-new-tokens // 16)")
+    sampler.add_argument("--mcmc-steps", type=int, default=10, help="power: MCMC steps after each block (default 10)")
+    sampler.add_argument("--proposal-temperature", type=float, default=None,
+                         help="power: temperature of the proposal (default 1/alpha)")
+    sampler.add_argument("--stop-at-eos", action="store_true",
+                         help="power: return a response once it has ended after a block, as the reference "
+                              "implementation does (cheaper, not exactly pi**alpha)")
 
 
 def run_eval(args) -> int:
@@ -208,6 +244,7 @@ def run_eval(args) -> int:
     if args.template not in TEMPLATES and "{problem}" not in args.template:
         raise SystemExit(f"sharpening llm eval: --template={args.template!r} is not one of {sorted(TEMPLATES)} and "
                          "has no {problem} placeholder")
+    temperature, settings = _sampler(args)
     names = [s.strip() for s in args.datasets.split(",") if s.strip()]
     try:
         datasets = {Path(s).stem if s.endswith(".jsonl") else s: load_problems(s, limit=args.limit) for s in names}
@@ -215,27 +252,58 @@ def run_eval(args) -> int:
         raise SystemExit(f"sharpening llm eval: {err}") from None
     model_path = args.checkpoint or args.model
     engine = _build_engine(args.engine, model_path, args.seed)
+    if settings is not None:
+        from sharpening.llm.power_sampling import PowerSamplingEngine
+
+        engine = PowerSamplingEngine(engine, settings)
     info = {"run": _run_name(args.checkpoint, args.model), "regime": _run_regime(args.checkpoint),
-            "model": model_path, "step": _checkpoint_step(args.checkpoint)}
+            "model": model_path, "step": _checkpoint_step(args.checkpoint),
+            "sampler": {"name": args.sampler, **({"alpha": args.alpha} if args.sampler == "temperature" else {}),
+                        **(settings.to_dict() if settings is not None else {})}}
     out = Path(args.out) / "eval.json" if args.out else None
     t0 = time.time()
     result = evaluate(engine, datasets, n=args.n, ks=ks, max_new_tokens=args.max_new_tokens,
-                      temperature=args.temperature, top_p=args.top_p, prefill=args.prefill, template=args.template,
+                      temperature=temperature, top_p=args.top_p, prefill=args.prefill, template=args.template,
                       seed=args.seed, out=out, info=info)
     print(format_table(result))
     print(f"{time.time() - t0:.0f} s" + (f"; wrote {out}" if out else ""))
     return 0
 
 
+def _sampler(args):
+    """(temperature, PowerSampling or None) of the --sampler flags; a bad combination exits with the fix."""
+    if args.sampler == "ancestral":
+        return args.temperature, None
+    if not args.alpha > 0:
+        raise SystemExit(f"sharpening llm eval: --alpha={args.alpha!r} must be > 0")
+    if args.temperature != 1.0 or args.top_p != 1.0:
+        raise SystemExit(f"sharpening llm eval: --sampler {args.sampler} sets the sampling distribution from --alpha; "
+                         f"drop --temperature={args.temperature} and --top-p={args.top_p}")
+    if args.sampler == "temperature":
+        return 1.0 / args.alpha, None
+    if args.engine != "hf":
+        raise SystemExit("sharpening llm eval: --sampler power runs on --engine hf (it needs every token's log-prob "
+                         "at temperature 1 and under the proposal; vLLM returns one of them)")
+    from sharpening.mcmc import PowerSampling
+
+    try:
+        settings = PowerSampling(alpha=args.alpha, block_size=args.block_size, mcmc_steps=args.mcmc_steps,
+                                 proposal_temperature=args.proposal_temperature, stop_at_eos=args.stop_at_eos)
+        return 1.0, dataclasses.replace(settings, block_size=settings.block(args.max_new_tokens))
+    except ValueError as err:
+        raise SystemExit(f"sharpening llm eval: {err}") from None
+
+
 def format_table(result: dict) -> str:
     """A plain-text table: one row per data set, pass@k and maj@k columns."""
     ks = list(next(iter(result["datasets"].values()))["pass@k"]) if result["datasets"] else []
     head = f"{'dataset':<16}{'problems':>9}" + "".join(f"{'pass@' + k:>9}" for k in ks) + \
-        "".join(f"{'maj@' + k:>8}" for k in ks) + f"{'length':>8}"
+        "".join(f"{'maj@' + k:>8}" for k in ks) + f"{'length':>8}{'tokens/answer':>15}"
     lines = [head]
     for name, d in result["datasets"].items():
         lines.append(f"{name:<16}{d['num_problems']:>9}" + "".join(f"{d['pass@k'][k]:>9.3f}" for k in ks)
-                     + "".join(f"{d['maj@k'][k]:>8.3f}" for k in ks) + f"{d['mean_length']:>8.1f}")
+                     + "".join(f"{d['maj@k'][k]:>8.3f}" for k in ks) + f"{d['mean_length']:>8.1f}"
+                     + f"{d.get('tokens_per_answer', float('nan')):>15.1f}")
     return "\n".join(lines)
 
 
