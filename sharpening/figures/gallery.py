@@ -76,6 +76,20 @@ def _pass_at_k(opt: Options):
     return fig_pass_at_k(evals)
 
 
+def _power_sampling(opt: Options):
+    from sharpening.figures.power_sampling import fig_power_sampling
+
+    return fig_power_sampling(quick=opt.quick, seed=opt.seed)
+
+
+def _power_sampling_llm(opt: Options):  # drawn from the committed results of bench/power_sampling.py
+    from sharpening.figures.power_sampling import LLM_RESULTS, fig_power_sampling_llm, load_llm_results
+
+    if not LLM_RESULTS.is_file():
+        raise Skipped(f"no {LLM_RESULTS}; write it with `python bench/power_sampling.py`")
+    return fig_power_sampling_llm(load_llm_results(LLM_RESULTS))
+
+
 FIGURES = (
     Figure("fixed_points", "Where each regime converges as α varies: mass on correct answers and expected length "
            "at the closed-form fixed point, on a base model whose mode is right and one whose mode is wrong.",
@@ -93,6 +107,12 @@ FIGURES = (
            "vs sampled training, and the predicted step-size limit of gradient ascent vs where it diverges.",
            _theory_vs_simulation),
     Figure("pass_at_k", "pass@k and maj@k (k = 1..n) of each evaluated LLM run, per data set.", _pass_at_k),
+    Figure("power_sampling", "π_ref^α three ways on the sequence toy: TV to the closed form vs MCMC steps per block "
+           "(exact law of the MCMC sampler, sampled chains, token temperature 1/α, tempered RL), and accuracy and "
+           "length vs α.", _power_sampling),
+    Figure("power_sampling_llm", "SmolLM2 on single-digit addition: pass@k of π_ref (temperature 1, token "
+           "temperature 1/α, MCMC power sampling) and of the tempered- and task-reward-trained policies, and pass@1 "
+           "against tokens generated per answer (results/power_sampling/llm.json).", _power_sampling_llm),
 )
 NAMES = tuple(f.name for f in FIGURES)
 
