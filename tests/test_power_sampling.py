@@ -209,6 +209,7 @@ def test_llm_figure_plots_the_summary_and_rejects_a_bad_one(tmp_path):
     from sharpening.figures.power_sampling import fig_power_sampling_llm, load_llm_results
 
     summary = {"methods": {"base": {"pass@k": {"1": 0.1, "2": 0.2}, "tokens_per_answer": 20.0, "n": 2},
+                           "temperature": {"pass@k": {"1": 0.2, "2": 0.3}, "tokens_per_answer": 18.0, "n": 2},
                            "power": {"pass@k": {"1": 0.3, "2": 0.4}, "tokens_per_answer": 900.0, "n": 2}}}
     (tmp_path / "llm.json").write_text(json.dumps(summary))
     axes = fig_power_sampling_llm(load_llm_results(tmp_path / "llm.json"))

@@ -116,11 +116,14 @@ def fig_power_sampling(axes=None, quick: bool = False, seed: int = 0):
 
 LLM_LABELS = {"base": "(a) π_ref, temperature 1", "temperature": "(b) π_ref, token temperature 1/α",
               "power": "(c) π_ref, MCMC power sampling", "tempered": "(d) tempered RL (→ π_ref^α)",
-              "task_reward": "(e) task-reward RL"}
-LLM_STYLE = {"base": dict(color=style.COLORS["base"]),
-             "temperature": dict(color=style.COLORS["base"], linestyle="-."),
-             "power": dict(color=MCMC_COLOR), "tempered": dict(color=style.COLORS["tempered"]),
-             "task_reward": dict(color=style.COLORS["task reward"])}
+              "task_reward": "(e) task-reward RL", "power_stop_at_eos": "(c') MCMC, early exit at EOS (reference)"}
+LLM_STYLE = {"base": dict(color=style.COLORS["base"], marker="o"),
+             "temperature": dict(color=style.COLORS["base"], linestyle="-.", marker="o", markerfacecolor="white"),
+             "power": dict(color=MCMC_COLOR, marker="D"),
+             "power_stop_at_eos": dict(color=MCMC_COLOR, linestyle="--", marker="D", markerfacecolor="white"),
+             "tempered": dict(color=style.COLORS["tempered"], marker="s"),
+             "task_reward": dict(color=style.COLORS["task reward"], marker="^")}
+COST_TICKS = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
 def load_llm_results(path=LLM_RESULTS) -> dict:
@@ -137,15 +140,18 @@ def fig_power_sampling_llm(methods: dict, axes=None):
     if axes is None:
         axes = style.axes(1, 2)
     for name, m in methods.items():
-        kw = {**LLM_STYLE.get(name, {}), "label": LLM_LABELS.get(name, name)}
+        kw = {"marker": "o", **LLM_STYLE.get(name, {}), "label": LLM_LABELS.get(name, name)}
         ks = sorted(int(k) for k in m["pass@k"])
-        axes[0].plot(ks, [m["pass@k"][str(k)] for k in ks], marker="o", markersize=3, **kw)
-        axes[1].plot([m["tokens_per_answer"]], [m["pass@k"]["1"]], marker="o", linestyle="none", **kw)
+        axes[0].plot(ks, [m["pass@k"][str(k)] for k in ks], markersize=4, **kw)
+        axes[1].plot([m["tokens_per_answer"]], [m["pass@k"]["1"]], **{**kw, "linestyle": "none"})
     n = next(iter(methods.values()))
     title = f"SmolLM2, {n.get('num_problems', '?')} problems × {n.get('n', '?')} samples"
     style.decorate(axes[0], "k", "pass@k", title, xscale="log", legend=False, ylim=(0, 1.02))
     style.log_ticks(axes[0], sorted(int(k) for k in n["pass@k"]))
     style.decorate(axes[1], "tokens generated per answer", "pass@1", title, xscale="log", legend=False,
                    ylim=(0, 1.02))
+    cost = [m["tokens_per_answer"] for m in methods.values()]
+    axes[1].set_xlim(min(cost) / 1.5, max(cost) * 1.5)
+    style.log_ticks(axes[1], [t for t in COST_TICKS if min(cost) / 1.5 <= t <= max(cost) * 1.5])
     style.figure_legend(axes, ncol=3)
     return axes

@@ -41,11 +41,12 @@ class HFProposer:
     """Suffix proposals from a causal LM at temperature tau, for the chains of one batch of prompts.
 
     prompt_ids, prompt_mask: [p, P] the distinct prompts, left-padded; chain_prompt: [C] the prompt of each chain.
-    The prompts run once here; each `extend` starts from their cached keys and values.
+    The prompts run once here; each `extend` starts from their cached keys and values. generator: draws the tokens
+    on the model's device (default: the generator `extend` is given, which must then live there too).
     """
 
-    def __init__(self, model, prompt_ids, prompt_mask, chain_prompt, eos_ids, tau: float):
-        self.model, self.tau, self.chain_prompt = model, tau, chain_prompt
+    def __init__(self, model, prompt_ids, prompt_mask, chain_prompt, eos_ids, tau: float, generator=None):
+        self.model, self.tau, self.chain_prompt, self.generator = model, tau, chain_prompt, generator
         self.eos_ids = eos_ids.to(prompt_ids.device)
         self.prompt_mask = prompt_mask
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
@@ -61,6 +62,7 @@ class HFProposer:
         """Sample, for each chain in rows, a suffix after its response's first keep tokens, until EOS or `limit`
         response tokens. tokens: [r, M] (CPU); returns CPU tensors."""
         dev = self.device
+        generator = generator if self.generator is None else self.generator
         prompt = self.chain_prompt[rows].to(dev)
         tokens, keep = tokens.to(dev), keep.to(dev)
         cache = new_cache(self.model)
@@ -128,7 +130,14 @@ class PowerSamplingEngine:
             raise ValueError(f"power sampling targets pi**alpha itself: temperature={temperature}, top_p={top_p}, "
                              f"ignore_eos={ignore_eos} must stay 1.0, 1.0, False (set proposal_temperature instead)")
         engine, model = self.engine, self.engine.model
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None  # positions, acceptances
+        tokens_generator = generator  # the proposals' tokens, drawn on the model's device
+        if engine.device.type != "cpu":
+            tokens_generator = torch.Generator(engine.device)
+            if seed is None:
+                tokens_generator.seed()  # a fresh random seed, as an unseeded CPU run draws
+            else:
+                tokens_generator.manual_seed(seed)
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left",
                              add_special_tokens=False)
         ids, mask = enc.input_ids.to(engine.device), enc.attention_mask.to(engine.device)  # [p, P]
@@ -140,7 +149,8 @@ class PowerSamplingEngine:
             for i in range(0, len(prompts), per_chunk):
                 p = len(ids[i:i + per_chunk])
                 proposer = HFProposer(model, ids[i:i + per_chunk], mask[i:i + per_chunk],
-                                      torch.arange(p).repeat_interleave(n), engine.eos_ids, self.settings.tau)
+                                      torch.arange(p).repeat_interleave(n), engine.eos_ids, self.settings.tau,
+                                      tokens_generator)
                 chunks.append(power_sample(proposer, p * n, max_new_tokens, self.settings, generator, engine.pad_id))
         finally:
             model.train(was_training)
