@@ -42,6 +42,8 @@ def main():
     parser.add_argument("--limit", type=int, default=50, help="held-out problems (default 50)")
     parser.add_argument("--n", type=int, default=8, help="samples per problem (default 8)")
     parser.add_argument("--steps", type=int, default=None, help="override the training steps (default: the config's)")
+    parser.add_argument("--reverse", action="store_true",
+                        help="power methods: take the chunks last first (a second process splits the work)")
     parser.add_argument("--only", nargs="+", choices=METHODS, default=list(METHODS[:5]),
                         help=f"methods to run (default: the first five of {', '.join(METHODS)})")
     args = parser.parse_args()
@@ -65,7 +67,7 @@ def main():
         if not (results / method / "eval.json").exists():
             t = time.time()
             if method.startswith("power"):  # hours: in resumable chunks, the numbers of the one command above
-                chunked_eval(cmd[5:], results / method)  # the arguments after `python -m sharpening.cli llm eval`
+                chunked_eval(cmd[5:], results / method, args.reverse)  # the arguments after `python -m sharpening.cli llm eval`
             else:
                 sh(cmd)
             seconds["eval"] = time.time() - t
@@ -73,7 +75,7 @@ def main():
     print(table(json.loads(summary_path.read_text())))
 
 
-def chunked_eval(argv: list[str], out: Path) -> None:
+def chunked_eval(argv: list[str], out: Path, reverse: bool = False) -> None:
     """`sharpening llm eval ARGV` run in-process one engine call at a time (n * (64 // n) chains), each call's
     result kept in out/chunks/, so a killed run resumes; the merged eval.json holds the numbers the single command
     gives (same seeds: the call on problems [start, start + 64 // n) uses seed + start; every score is a mean over
@@ -91,14 +93,15 @@ def chunked_eval(argv: list[str], out: Path) -> None:
     engine = PowerSamplingEngine(evaluation._build_engine(a.engine, a.checkpoint or a.model, a.seed), settings)
     info = {"run": f"base:{a.model}", "regime": None, "model": a.checkpoint or a.model, "step": None,
             "sampler": {"name": a.sampler, **settings.to_dict()}}
-    per_call, parts = max(1, 64 // a.n), []
-    for start in range(0, len(problems), per_call):
+    per_call = max(1, 64 // a.n)
+    starts = range(0, len(problems), per_call)
+    for start in reversed(starts) if reverse else starts:
         path = out / "chunks" / f"{start:05d}.json"
         if not path.exists():
             print(f"{out.name}: problems {start}..{start + per_call - 1}", flush=True)
             res = evaluate_chunk(evaluation, engine, problems[start:start + per_call], a, temperature, start, info)
             write_atomic(path, json.dumps(res))
-        parts.append(json.loads(path.read_text()))
+    parts = [json.loads((out / "chunks" / f"{start:05d}.json").read_text()) for start in starts]
     merged = {**parts[0], "seed": a.seed, "datasets": {a.datasets: merge([p["datasets"][a.datasets] for p in parts])}}
     write_atomic(out / "eval.json", json.dumps(merged, indent=1))
     print(evaluation.format_table(merged))

@@ -103,7 +103,7 @@ def test_power_sampling_returns_valid_reproducible_answers_with_forward_pass_log
     from sharpening.llm.rollout import HFEngine
 
     model, tokenizer = model_and_tokenizer
-    engine = PowerSamplingEngine(HFEngine(model, tokenizer), PowerSampling(alpha=4.0, block_size=2, mcmc_steps=2))
+    engine = PowerSamplingEngine(HFEngine(model, tokenizer), PowerSampling(alpha=4.0, block_size=4, mcmc_steps=2))
     roll = engine.generate(prompts(tokenizer), n=2, max_new_tokens=8, seed=3)
     assert len(roll.texts) == 4 and roll.tokens.shape[1] <= 8
     eos = engine.engine.eos_ids
@@ -112,9 +112,10 @@ def test_power_sampling_returns_valid_reproducible_answers_with_forward_pass_log
         ends = bool(torch.isin(roll.tokens[i, T - 1], eos))
         assert ends or T == 8 and bool(roll.truncated[i])
         assert grade("\\boxed{" + roll.texts[i], "7" if i < 2 else "17") in (0.0, 1.0)
-    # blocks of 2 tokens, 2 MCMC steps each: at least one proposal per step, each at least one token long
+    # 2 blocks of 4 tokens, 2 MCMC steps each: every proposal generates >= 1 token that the final response
+    # does not hold (rejected, or replacing >= 1 earlier token), so generated >= length + 4
     assert (roll.acceptance >= 0).all() and (roll.acceptance <= 1).all()
-    assert (roll.generated_tokens >= roll.lengths.long() + 2).all()
+    assert (roll.generated_tokens >= roll.lengths.long() + 4).all()
     P = roll.prompt_ids.shape[1]
     response = torch.zeros_like(roll.attention_mask())
     response[:, P:] = roll.attention_mask()[:, P:]

@@ -9,8 +9,8 @@ pi_ref(y)**alpha / Z (sharpening.theory.fixed_point of the tempered regime):
                                  of at most m_k tokens (so TV vs MCMC steps has no sampling noise)
     sharpening.toy.sequence.train(Regime.tempered(alpha), ...)   RL training toward it
 and the baseline it is confused with, token temperature 1/alpha (token_temperature_distribution): every
-next-token distribution raised to alpha and renormalized on its own, which is pi_ref^alpha only when the
-future does not depend on the token chosen.
+next-token distribution raised to alpha and renormalized on its own, which is pi_ref^alpha only when
+sum_future pi_ref(future | prefix)**alpha is the same whichever token is chosen.
 
 Both the sampler and its matrix use sharpening.mcmc.log_acceptance: the Metropolis-Hastings ratio lives there.
 """
@@ -39,8 +39,7 @@ def proposal_logp(model: TreePolicy, tau: float) -> torch.Tensor:
 
 def token_temperature_distribution(model: TreePolicy, tau: float) -> np.ndarray:
     """The law of ancestral sampling at temperature tau, prod_t q(y_t | y_<t) for every y in Y: [|Y|]."""
-    theta = proposal_logp(model, tau)[None]  # already normalized: log_probs renormalizes to itself
-    return model.log_probs(torch.where(torch.isfinite(theta), theta, -torch.inf)).exp()[0].numpy()
+    return model.log_probs(proposal_logp(model, tau)[None]).exp()[0].numpy()  # normalized logits: q itself
 
 
 class TreeProposer:
