@@ -2,6 +2,7 @@
 
     python bench/power_sampling.py                      # trains 2 runs, evaluates 5 samplers (hours on 2 busy cores)
     python bench/power_sampling.py --limit 4 --n 2 --steps 2 --out runs/power_smoke   # a few-minute check
+    python bench/power_sampling.py --chunks-so-far      # no new power chunk: the table on the problems it has
 
 The CPU demo's task (configs/cpu/demo_task_reward.yaml: single-digit addition "What is a + b?", plain template,
 `\\boxed{` prefill, 32 new tokens), evaluated on `--limit` held-out draws x `--n` samples (seed 0):
@@ -16,6 +17,11 @@ The CPU demo's task (configs/cpu/demo_task_reward.yaml: single-digit addition "W
 here replaces the trainer's). Every step is skipped when its output exists, so a killed run resumes. The results
 (one eval.json per method, and llm.json gathering them with the commands and wall times) go to --results;
 `sharpening figures --only power_sampling_llm` draws them.
+
+Power sampling costs minutes of CPU per problem, so it runs in chunks of problems; `--chunks-so-far` reports the
+chunks already written instead of running the rest, and whenever the methods hold different problems, llm.json's
+"paired" entry (and the table) scores every method on the problems they all have, from the per-problem correct
+counts: pass@k only (maj@k needs the answers, which eval.json does not keep).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from cpu_demo import sh  # bench/ is on the path when this script runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +51,8 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="override the training steps (default: the config's)")
     parser.add_argument("--reverse", action="store_true",
                         help="power methods: take the chunks last first (a second process splits the work)")
+    parser.add_argument("--chunks-so-far", action="store_true",
+                        help="power methods: run no new chunk, report the problems their chunks hold so far")
     parser.add_argument("--only", nargs="+", choices=METHODS, default=list(METHODS[:5]),
                         help=f"methods to run (default: the first five of {', '.join(METHODS)})")
     args = parser.parse_args()
@@ -54,32 +63,41 @@ def main():
     common = ["--datasets", "synthetic:add", "--limit", str(args.limit), "--n", str(args.n), "--ks", ks,
               "--max-new-tokens", "32", "--prefill", "\\boxed{", "--template", "plain", "--seed", "0"]
     for method in args.only:
-        model, seconds = ["--model", "smollm2"], {}
-        if method in TRAINED:
+        model, seconds, eval_path, res = ["--model", "smollm2"], {}, results / method / "eval.json", None
+        if method in TRAINED and not eval_path.exists():
             run_name = f"demo_{method}" + (f"_a{args.alpha:g}" if method == "tempered" else "")
             model = ["--checkpoint", str(trained(cli, out, run_name, TRAINED[method].replace("%g", f"{args.alpha:g}"),
                                                  args.steps, seconds))]
+        elif method in TRAINED:  # evaluated already: the checkpoint it names
+            model = ["--checkpoint", json.loads(eval_path.read_text())["model"]]
         sampler = {"temperature": ["--sampler", "temperature", "--alpha", f"{args.alpha:g}"],
                    "power": ["--sampler", "power", "--alpha", f"{args.alpha:g}"],
                    "power_stop_at_eos": ["--sampler", "power", "--alpha", f"{args.alpha:g}", "--stop-at-eos"],
                    }.get(method, [])
         cmd = cli + ["eval"] + model + common + sampler + ["--out", str(results / method)]
-        if not (results / method / "eval.json").exists():
+        if not eval_path.exists():
             t = time.time()
             if method.startswith("power"):  # hours: in resumable chunks, the numbers of the one command above
-                chunked_eval(cmd[5:], results / method, args.reverse)  # the arguments after `python -m sharpening.cli llm eval`
+                # the arguments after `python -m sharpening.cli llm eval`
+                res = chunked_eval(cmd[5:], results / method, args.reverse, run=not args.chunks_so_far)
             else:
                 sh(cmd)
-            seconds["eval"] = time.time() - t
-        record(summary_path, method, results / method / "eval.json", cmd, seconds, out)
+            if not (method.startswith("power") and args.chunks_so_far):  # a merge of chunks is no eval time
+                seconds["eval"] = time.time() - t
+        if eval_path.exists():
+            res = json.loads(eval_path.read_text())
+        if res is not None:
+            record(summary_path, method, res, cmd, seconds, out)
+    pair_up(summary_path)
     print(table(json.loads(summary_path.read_text())))
 
 
-def chunked_eval(argv: list[str], out: Path, reverse: bool = False) -> None:
+def chunked_eval(argv: list[str], out: Path, reverse: bool = False, run: bool = True) -> dict | None:
     """`sharpening llm eval ARGV` run in-process one engine call at a time (n * (64 // n) chains), each call's
     result kept in out/chunks/, so a killed run resumes; the merged eval.json holds the numbers the single command
     gives (same seeds: the call on problems [start, start + 64 // n) uses seed + start; every score is a mean over
-    problems, so chunks merge by their problem counts)."""
+    problems, so chunks merge by their problem counts). run=False runs no chunk and returns the merge of those
+    written so far (None if none), without writing eval.json; run=True writes and returns the merge of all."""
     from sharpening.atomic import write_atomic
     from sharpening.llm import evaluation
     from sharpening.llm.data import load_problems
@@ -90,21 +108,29 @@ def chunked_eval(argv: list[str], out: Path, reverse: bool = False) -> None:
     a = parser.parse_args(argv)
     temperature, settings = evaluation._sampler(a)
     problems = load_problems(a.datasets, limit=a.limit)
+    per_call = max(1, 64 // a.n)
+    starts = range(0, len(problems), per_call)
+    if not run:
+        parts = [json.loads(path.read_text()) for path in sorted((out / "chunks").glob("*.json"))]
+        return merged_chunks(parts, a) if parts else None
     engine = PowerSamplingEngine(evaluation._build_engine(a.engine, a.checkpoint or a.model, a.seed), settings)
     info = {"run": f"base:{a.model}", "regime": None, "model": a.checkpoint or a.model, "step": None,
             "sampler": {"name": a.sampler, **settings.to_dict()}}
-    per_call = max(1, 64 // a.n)
-    starts = range(0, len(problems), per_call)
     for start in reversed(starts) if reverse else starts:
         path = out / "chunks" / f"{start:05d}.json"
         if not path.exists():
             print(f"{out.name}: problems {start}..{start + per_call - 1}", flush=True)
             res = evaluate_chunk(evaluation, engine, problems[start:start + per_call], a, temperature, start, info)
             write_atomic(path, json.dumps(res))
-    parts = [json.loads((out / "chunks" / f"{start:05d}.json").read_text()) for start in starts]
-    merged = {**parts[0], "seed": a.seed, "datasets": {a.datasets: merge([p["datasets"][a.datasets] for p in parts])}}
+    merged = merged_chunks([json.loads((out / "chunks" / f"{start:05d}.json").read_text()) for start in starts], a)
     write_atomic(out / "eval.json", json.dumps(merged, indent=1))
     print(evaluation.format_table(merged))
+    return merged
+
+
+def merged_chunks(parts: list[dict], a) -> dict:
+    """The eval.json of the chunks' problems (their first chunk's header, the command's seed)."""
+    return {**parts[0], "seed": a.seed, "datasets": {a.datasets: merge([p["datasets"][a.datasets] for p in parts])}}
 
 
 def evaluate_chunk(evaluation, engine, problems, a, temperature, start, info):
@@ -140,19 +166,19 @@ def trained(cli, out: Path, run_name: str, regime: str, steps, seconds: dict) ->
     return max((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.removeprefix("step_")))
 
 
-def record(summary_path: Path, method: str, eval_path: Path, cmd: list[str], seconds: dict, out: Path) -> None:
-    """Copy one method's scores, costs, command and wall time into the summary file (read just before it is
-    rewritten, atomically: two invocations with different --only may share it)."""
+def record(summary_path: Path, method: str, res: dict, cmd: list[str], seconds: dict, out: Path) -> None:
+    """Copy one method's scores, costs, per-problem correct counts, command and wall time (eval.json: res) into the
+    summary file (read just before it is rewritten, atomically: two invocations with different --only may share
+    it)."""
     from sharpening.atomic import write_atomic
 
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"methods": {}}
-    res = json.loads(eval_path.read_text())
     d = res["datasets"]["synthetic:add"]
     entry = summary["methods"].get(method, {})
     entry.update({"sampler": res.get("sampler"), "run": res.get("run"), "regime": res.get("regime"),
                   "pass@k": d["pass@k"], "maj@k": d["maj@k"], "mean_length": d["mean_length"],
                   "tokens_per_answer": d.get("tokens_per_answer"), "acceptance": d.get("acceptance"),
-                  "num_problems": d["num_problems"], "n": res["n"],
+                  "num_problems": d["num_problems"], "n": res["n"], "problems": d["problems"],
                   "command": " ".join(c if c.isprintable() and " " not in c and "{" not in c else repr(c)
                                       for c in ["sharpening"] + cmd[3:])})
     for key, value in seconds.items():
@@ -165,18 +191,54 @@ def record(summary_path: Path, method: str, eval_path: Path, cmd: list[str], sec
     write_atomic(summary_path, json.dumps(summary, indent=1) + "\n")
 
 
+def pair_up(summary_path: Path) -> None:
+    """When the methods hold different problems (power sampling stopped part way), add summary["paired"]: every
+    method's pass@k (unbiased, from its per-problem correct counts) and the standard error of pass@1 over the
+    problems they all hold; drop it when they hold the same ones."""
+    from sharpening.atomic import write_atomic
+    from sharpening.llm.evaluation import pass_at_k
+
+    summary = json.loads(summary_path.read_text())
+    held = {name: {r["id"]: r for r in m["problems"]} for name, m in summary["methods"].items() if "problems" in m}
+    fewest = min(held.values(), key=len, default={})
+    common = [i for i in fewest if all(i in h for h in held.values())]
+    summary.pop("paired", None)
+    if len({frozenset(h) for h in held.values()}) > 1:
+        paired = {}
+        for name, rows in held.items():
+            rows = [rows[i] for i in common]
+            scores = {k: [pass_at_k(r["n"], r["correct"], int(k)) for r in rows]
+                      for k in summary["methods"][name]["pass@k"]}
+            paired[name] = {"pass@k": {k: float(np.mean(v)) for k, v in scores.items()},
+                            "pass@1_se": float(np.std(scores["1"], ddof=1) / np.sqrt(len(rows))),
+                            "correct": [r["correct"] for r in rows]}
+        summary["paired"] = {"problems": common, "methods": paired}
+    write_atomic(summary_path, json.dumps(summary, indent=1) + "\n")
+
+
 def table(summary: dict) -> str:
-    """The README table: one row per method."""
-    methods = summary["methods"]
+    """The README table: one row per method. With a "paired" entry, pass@k on the problems every method holds
+    (pass@1 with its standard error over problems), then pass@1 and pass@max-k on each method's own problems."""
+    methods, paired = summary["methods"], summary.get("paired")
     ks = list(next(iter(methods.values()))["pass@k"]) if methods else []
-    head = "| method | " + " | ".join(f"pass@{k}" for k in ks) + " | length | tokens / answer | acceptance |"
-    rows = [head, "|" + "---|" * (len(ks) + 4)]
+    if paired:
+        m = len(paired["problems"])
+        head = (f"| method | pass@{ks[0]} ± s.e. ({m} shared) | " + " | ".join(f"pass@{k} ({m})" for k in ks[1:])
+                + f" | own problems | pass@{ks[0]} (own) | pass@{ks[-1]} (own) |")
+    else:
+        head = "| method | " + " | ".join(f"pass@{k}" for k in ks) + " |"
+    rows = [head + " length | tokens / answer | acceptance |", "|" + "---|" * (head.count("|") + 2)]
     for name in METHODS:
         if name not in methods:
             continue
         m = methods[name]
         acc = "" if m.get("acceptance") is None else f"{m['acceptance']:.2f}"
-        rows.append(f"| {LABELS[name]} | " + " | ".join(f"{m['pass@k'][k]:.3f}" for k in ks)
+        cells = [f"{m['pass@k'][k]:.3f}" for k in ks]
+        if paired:
+            p = paired["methods"][name]
+            cells = ([f"{p['pass@k'][ks[0]]:.2f} ± {p['pass@1_se']:.2f}"] + [f"{p['pass@k'][k]:.2f}" for k in ks[1:]]
+                     + [str(m["num_problems"]), f"{m['pass@k'][ks[0]]:.3f}", f"{m['pass@k'][ks[-1]]:.3f}"])
+        rows.append(f"| {LABELS[name]} | " + " | ".join(cells)
                     + f" | {m['mean_length']:.1f} | {m['tokens_per_answer']:.1f} | {acc} |")
     return "\n".join(rows)
 

@@ -217,6 +217,56 @@ def test_llm_figure_plots_the_summary_and_rejects_a_bad_one(tmp_path):
     np.testing.assert_array_equal(curves["(c) π_ref, MCMC power sampling"][1], [0.3, 0.4])
     assert [float(v[0]) for v in cost["(a) π_ref, temperature 1"]] == [20.0, 0.1]
     plt.close(style.figure_of(axes))
+    # power sampling on part of the problems: both panels show the paired scores, the costs stay each method's own
+    summary["paired"] = {"problems": ["p0", "p1"],
+                         "methods": {name: {"pass@k": {"1": 0.5 + i / 10, "2": 0.6 + i / 10}, "pass@1_se": 0.05}
+                                     for i, name in enumerate(summary["methods"])}}
+    (tmp_path / "llm.json").write_text(json.dumps(summary))
+    axes = fig_power_sampling_llm(load_llm_results(tmp_path / "llm.json"))
+    curves, cost = style.series(axes[0]), style.series(axes[1])
+    np.testing.assert_allclose(curves["(c) π_ref, MCMC power sampling"][1], [0.7, 0.8])
+    assert [float(v[0]) for v in cost["(b) π_ref, token temperature 1/α"]] == [18.0, 0.6]
+    assert "2 shared problems" in axes[0].get_title()
+    plt.close(style.figure_of(axes))
     (tmp_path / "bad.json").write_text(json.dumps({"methods": {"base": {"pass@k": {}}}}))
     with pytest.raises(ValueError, match="expected"):
         load_llm_results(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text(json.dumps({**summary, "paired": {"problems": ["p0"], "methods": {}}}))
+    with pytest.raises(ValueError, match="'paired' must score every method"):
+        load_llm_results(tmp_path / "bad.json")
+
+
+def test_bench_pairs_the_methods_on_the_problems_they_all_hold(tmp_path):
+    """bench/power_sampling.py with power sampling stopped part way: pass@k of every method on the shared problems,
+    from the correct counts, against C(n, k) arithmetic by hand."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))  # the script imports its neighbour cpu_demo
+    try:
+        spec = importlib.util.spec_from_file_location("bench_power_sampling", bench / "power_sampling.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+
+    def method(counts):
+        return {"pass@k": {"1": 0.0, "2": 0.0}, "tokens_per_answer": 1.0,
+                "problems": [{"id": f"p{i}", "correct": c, "n": 4} for i, c in counts.items()]}
+
+    path = tmp_path / "llm.json"
+    path.write_text(json.dumps({"methods": {"base": method({0: 1, 1: 2, 2: 4, 3: 0}), "power": method({1: 4, 3: 2})}}))
+    module.pair_up(path)
+    paired = json.loads(path.read_text())["paired"]
+    assert paired["problems"] == ["p1", "p3"]
+    # n = 4: pass@1 = c / 4; pass@2 = 1 - C(4 - c, 2) / C(4, 2): c = 2 -> 1 - 1/6, c = 0 -> 0, c = 4 -> 1
+    base, power = paired["methods"]["base"], paired["methods"]["power"]
+    assert base["pass@k"] == pytest.approx({"1": (2 / 4 + 0) / 2, "2": (5 / 6 + 0) / 2})
+    assert power["pass@k"] == pytest.approx({"1": (1 + 2 / 4) / 2, "2": (1 + 5 / 6) / 2})
+    assert base["pass@1_se"] == pytest.approx(0.25) and base["correct"] == [2, 0]  # std(0.5, 0) = 0.354 / sqrt 2
+    path.write_text(json.dumps({"methods": {"base": method({0: 1}), "power": method({0: 3})}}))
+    module.pair_up(path)  # the same problems: nothing to pair
+    assert "paired" not in json.loads(path.read_text())

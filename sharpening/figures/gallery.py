@@ -112,7 +112,8 @@ FIGURES = (
            "length vs α.", _power_sampling),
     Figure("power_sampling_llm", "SmolLM2 on single-digit addition: pass@k of π_ref (temperature 1, token "
            "temperature 1/α, MCMC power sampling) and of the tempered- and task-reward-trained policies, and pass@1 "
-           "against tokens generated per answer (results/power_sampling/llm.json).", _power_sampling_llm),
+           "against tokens generated per answer, on the problems every method holds (results/power_sampling/llm.json).",
+           _power_sampling_llm),
 )
 NAMES = tuple(f.name for f in FIGURES)
 

@@ -8,7 +8,8 @@ fig_power_sampling (the sequence toy, sharpening.toy.power_sampling; every line 
   length        expected length E[T] vs alpha, the same series.
 
 fig_power_sampling_llm (SmolLM2 on single-digit addition, from the JSON that bench/power_sampling.py writes):
-  pass@k vs k of each sampler / trained policy, and pass@1 against the tokens generated per answer.
+  pass@k vs k of each sampler / trained policy, and pass@1 against the tokens generated per answer (on the
+  problems every method holds, when power sampling ran on part of them).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def panel_tv_vs_steps(ax, model, alpha: float = 4.0, steps=STEPS, n: int = 4000,
                 marker="o", markersize=3, label=name)
     sampled = []
     for k in steps:
-        y, _ = power_sampler_samples(model, PowerSampling(alpha=alpha, block_size=1, mcmc_steps=int(k)), n, seed + int(k))
+        settings = PowerSampling(alpha=alpha, block_size=1, mcmc_steps=int(k))
+        y, _ = power_sampler_samples(model, settings, n, seed + int(k))
         sampled.append(tv(np.bincount(y.numpy(), minlength=len(target)) / n, target))
     ax.plot(steps, sampled, color=MCMC_COLOR, linestyle="none", marker="x", label=f"MCMC, {n} sampled chains")
     noise = 0.5 * np.sqrt(2 / np.pi) * np.sqrt(target * (1 - target) / n).sum()  # E TV of n exact draws, roughly
@@ -127,29 +129,43 @@ COST_TICKS = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
 def load_llm_results(path=LLM_RESULTS) -> dict:
-    """The summary JSON of bench/power_sampling.py: {"methods": {name: {"pass@k", "tokens_per_answer", ...}}}."""
+    """The summary JSON of bench/power_sampling.py: {"methods": {name: {"pass@k", "tokens_per_answer", ...}},
+    optionally "paired": {"problems": [...], "methods": {name: {"pass@k", "pass@1_se"}}}}."""
     data = json.loads(Path(path).read_text())
     methods = data.get("methods") if isinstance(data, dict) else None
     if not methods or not all("pass@k" in m and "tokens_per_answer" in m for m in methods.values()):
         raise ValueError(f"{path}: expected {{'methods': {{name: {{'pass@k': ..., 'tokens_per_answer': ...}}}}}}")
-    return methods
+    paired = data.get("paired")
+    if paired is not None and not (set(paired.get("methods", {})) == set(methods) and paired.get("problems")):
+        raise ValueError(f"{path}: 'paired' must score every method on a list of 'problems'")
+    return data
 
 
-def fig_power_sampling_llm(methods: dict, axes=None):
-    """pass@k vs k, and pass@1 vs tokens generated per answer (log scale), one series per method."""
+def fig_power_sampling_llm(summary: dict, axes=None):
+    """pass@k vs k, and pass@1 (± its standard error over problems, when known) vs tokens generated per answer
+    (log scale), one series per method. With a "paired" entry (power sampling ran on part of the problems),
+    both panels score every method on the problems they all hold; the cost is each method's own mean."""
     if axes is None:
         axes = style.axes(1, 2)
-    for name, m in methods.items():
+    methods, paired = summary["methods"], summary.get("paired")
+    scores = paired["methods"] if paired else methods
+    order = list(LLM_LABELS)  # (a) to (e) whatever order the runs were recorded in
+    for name, m in sorted(methods.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)):
         kw = {"marker": "o", **LLM_STYLE.get(name, {}), "label": LLM_LABELS.get(name, name)}
-        ks = sorted(int(k) for k in m["pass@k"])
-        axes[0].plot(ks, [m["pass@k"][str(k)] for k in ks], markersize=4, **kw)
-        axes[1].plot([m["tokens_per_answer"]], [m["pass@k"]["1"]], **{**kw, "linestyle": "none"})
-    n = next(iter(methods.values()))
-    title = f"SmolLM2, {n.get('num_problems', '?')} problems × {n.get('n', '?')} samples"
+        pass_k = scores[name]["pass@k"]
+        ks = sorted(int(k) for k in pass_k)
+        axes[0].plot(ks, [pass_k[str(k)] for k in ks], markersize=4, **kw)
+        axes[1].plot([m["tokens_per_answer"]], [pass_k["1"]], **{**kw, "linestyle": "none"})
+        if "pass@1_se" in scores[name]:
+            axes[1].errorbar([m["tokens_per_answer"]], [pass_k["1"]], yerr=[scores[name]["pass@1_se"]],
+                             color=kw.get("color"), linestyle="none", capsize=2)
+    first = next(iter(methods.values()))
+    problems = f"{len(paired['problems'])} shared problems" if paired else f"{first.get('num_problems', '?')} problems"
+    title = f"SmolLM2, {problems} × {first.get('n', '?')} samples"
     style.decorate(axes[0], "k", "pass@k", title, xscale="log", legend=False, ylim=(0, 1.02))
-    style.log_ticks(axes[0], sorted(int(k) for k in n["pass@k"]))
-    style.decorate(axes[1], "tokens generated per answer", "pass@1", title, xscale="log", legend=False,
-                   ylim=(0, 1.02))
+    style.log_ticks(axes[0], sorted(int(k) for k in first["pass@k"]))
+    style.decorate(axes[1], "tokens generated per answer", "pass@1" + (" ± s.e." if paired else ""), title,
+                   xscale="log", legend=False, ylim=(0, 1.02))
     cost = [m["tokens_per_answer"] for m in methods.values()]
     axes[1].set_xlim(min(cost) / 1.5, max(cost) * 1.5)
     style.log_ticks(axes[1], [t for t in COST_TICKS if min(cost) / 1.5 <= t <= max(cost) * 1.5])

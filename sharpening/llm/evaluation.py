@@ -95,10 +95,11 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
     """Sample n responses per problem and score them: the eval.json dict (see docs/llm_data_eval.md).
 
     engine: anything with generate(prompts, n, max_new_tokens, temperature, top_p, ignore_eos, seed) returning
-    .texts (prompt-major) and optionally .lengths (tokens per response). problems: a list of Problem or a dict
-    {dataset name: list of Problem}. prefill is appended to each prompt and prepended to each response before
-    grading. ks larger than n are dropped. out: a path to write the dict to (atomically). info: extra
-    top-level keys (run, regime, model, step).
+    .texts (prompt-major) and optionally .lengths (tokens per response), .generated_tokens (tokens generated
+    to produce each response; default its length) and .acceptance (a power sampler's MH acceptance rate).
+    problems: a list of Problem or a dict {dataset name: list of Problem}. prefill is appended to each prompt
+    and prepended to each response before grading. ks larger than n are dropped. out: a path to write the dict
+    to (atomically). info: extra top-level keys (run, regime, model, step).
 
     ranks: a `distributed.Ranks` to split the work over data-parallel ranks: engine calls go round-robin to the
     ranks, every rank returns the whole result and rank 0 alone writes `out`. Each call's seed depends only on
