@@ -86,11 +86,12 @@ def old_grader():
                                 capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    path = Path(tempfile.mkdtemp()) / "old_grading.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("old_grading", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as folder:  # loaded into memory, then the file is gone
+        path = Path(folder) / "old_grading.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("old_grading", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
 
 
