@@ -49,7 +49,7 @@ def test_data_dir_from_the_environment(tmp_path, monkeypatch):
     (tmp_path / "aime25.jsonl").write_text(json.dumps({"id": "q", "problem": "p", "answer": "7"}) + "\n")
     monkeypatch.setenv("SHARPENING_DATA", str(tmp_path))
     assert load_problems("aime25") == [Problem("q", "p", "7", "aime25")]
-    with pytest.raises(ValueError, match="math500.jsonl.*does not exist.*SHARPENING_DATA"):
+    with pytest.raises(ValueError, match="math500.jsonl.*does not exist; SHARPENING_DATA=.* must be a folder"):
         load_problems("math500")
 
 

@@ -34,6 +34,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_train(args) -> int:
+    from sharpening.cli import first_line
     from sharpening.llm.config import load_config
     from sharpening.llm.trainer import Trainer, TrainingDiverged
 
@@ -50,7 +51,10 @@ def run_train(args) -> int:
         except ValueError as err:
             sys.exit(f"sharpening llm train --dry-run: {err}")
         return 0
-    trainer = Trainer(cfg)
+    try:  # the data, the run folder, the model, the checkpoints to resume: the user's to fix, in one line
+        trainer = Trainer(cfg)
+    except (ValueError, OSError) as err:
+        sys.exit(f"sharpening llm train: {first_line(err)}")
     try:
         trainer.train()
     except TrainingDiverged as err:

@@ -11,6 +11,7 @@ The regime is written either as a preset name (`regime: sharpening`), a preset w
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,10 @@ class TrainConfig:
 
     def __post_init__(self):
         self.regime = parse_regime(self.regime)
+        for f in dataclasses.fields(self):  # NaN passes every comparison below (nan < 0 is False): refuse it first
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name}={value!r} must be a finite number")
         positive = ("prompts_per_step", "max_new_tokens", "steps", "micro_batch_size", "max_bad_steps",
                     "keep_checkpoints", "eval_n", "gen_batch_size")
         for name in positive:
@@ -227,7 +232,10 @@ def apply_overrides(values: dict, overrides) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r} must look like key=value")
-        value = yaml.safe_load(text) if text else ""
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
         if key.startswith("regime."):
             values["regime"] = _set_regime_param(values.get("regime", "task_reward"), key[len("regime."):], value)
         else:
@@ -261,10 +269,20 @@ def load_config(path=None, overrides=()) -> TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(err)}") from None
         if not isinstance(values, dict):
             raise ValueError(f"config file {str(path)!r} must hold a mapping of key: value")
     return build_config(apply_overrides(values, overrides))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The parser's complaint and where, on one line ("mapping values are not allowed here, line 3 column 8")."""
+    mark = getattr(err, "problem_mark", None)
+    where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(err, 'problem', None) or type(err).__name__}{where}"
 
 
 def save_config(cfg: TrainConfig, path) -> None:

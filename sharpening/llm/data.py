@@ -1,7 +1,7 @@
 """Math problems: the bundled benchmarks (JSONL), Hugging Face datasets, a synthetic arithmetic task, and the
 paper's prompt.
 
-    load_problems("math500")                 a bundled benchmark, under $SHARPENING_DATA or ../shared/data
+    load_problems("math500")                 a bundled benchmark: package data (sharpening/data), or $SHARPENING_DATA
     load_problems("path/to/file.jsonl")      any JSONL with the fields id, problem, answer
     load_problems("synthetic:add", seed=1)   arithmetic with exact answers (synthetic:<task>[:<digits>])
     load_problems("HuggingFaceH4/MATH-500")  a Hugging Face dataset (needs `datasets` and its local cache)
@@ -15,6 +15,7 @@ import os
 import random
 import zlib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 PAPER_TEMPLATE = (
@@ -39,10 +40,11 @@ class Problem:
 
 
 def data_dir() -> Path:
-    """Where the bundled benchmarks live: $SHARPENING_DATA, else ../shared/data next to the repository."""
+    """Where the bundled benchmarks live: $SHARPENING_DATA if set, else the package's own sharpening/data (package
+    data: there in a clone and in an installed wheel alike; sources, licences and checksums in its README.md)."""
     if "SHARPENING_DATA" in os.environ:
         return Path(os.environ["SHARPENING_DATA"])
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
+    return Path(str(resources.files("sharpening") / "data"))
 
 
 def load_problems(source: str, split: str = "test", limit: int | None = None, seed: int | None = None) -> list[Problem]:
@@ -79,8 +81,7 @@ def load_problems(source: str, split: str = "test", limit: int | None = None, se
 
 def _read_jsonl(path: Path, source: str) -> list[Problem]:
     if not path.is_file():
-        hint = f" (set SHARPENING_DATA to the folder with {path.name})" if source in BENCHMARKS else ""
-        raise ValueError(f"problem file {str(path)!r} does not exist{hint}")
+        raise ValueError(f"problem file {str(path)!r} does not exist{_missing_hint(path, source)}")
     problems = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -93,6 +94,17 @@ def _read_jsonl(path: Path, source: str) -> list[Problem]:
             problems.append(_problem_from_row(row, f"{path}:{line_no}", default_id=f"{source}/{line_no - 1}",
                                               source=source))
     return problems
+
+
+def _missing_hint(path: Path, source: str) -> str:
+    """How to get a missing file: a bundled benchmark ships with the package, unless $SHARPENING_DATA points away."""
+    if source not in BENCHMARKS:
+        return ""
+    if "SHARPENING_DATA" in os.environ:
+        return (f"; SHARPENING_DATA={os.environ['SHARPENING_DATA']!r} must be a folder holding {path.name} "
+                "(unset it to use the copy shipped in sharpening/data)")
+    return (f"; it ships in the package's sharpening/data folder: reinstall the package (pip install -e . from a "
+            f"clone), or set SHARPENING_DATA to a folder holding {path.name}")
 
 
 def _problem_from_row(row: dict, where: str, default_id: str, source: str) -> Problem:

@@ -214,7 +214,16 @@ def run_eval(args) -> int:
     except ValueError as err:
         raise SystemExit(f"sharpening llm eval: {err}") from None
     model_path = args.checkpoint or args.model
-    engine = _build_engine(args.engine, model_path, args.seed)
+    if args.checkpoint is not None and not (Path(args.checkpoint) / "config.json").is_file():
+        what = "does not exist" if not Path(args.checkpoint).exists() else "is not a model folder (no config.json)"
+        raise SystemExit(f"sharpening llm eval: --checkpoint {args.checkpoint!r} {what}; give a checkpoint folder "
+                         "such as runs/<run_name>/checkpoints/step_000010")
+    try:
+        engine = _build_engine(args.engine, model_path, args.seed)
+    except OSError as err:  # Hugging Face's not-found errors are OSErrors of several lines
+        from sharpening.cli import first_line
+
+        raise SystemExit(f"sharpening llm eval: cannot load the model {model_path!r}: {first_line(err)}") from None
     info = {"run": _run_name(args.checkpoint, args.model), "regime": _run_regime(args.checkpoint),
             "model": model_path, "step": _checkpoint_step(args.checkpoint)}
     out = Path(args.out) / "eval.json" if args.out else None

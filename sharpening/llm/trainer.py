@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import shutil
@@ -21,14 +22,17 @@ import torch
 from tqdm.auto import tqdm
 
 from sharpening.llm.allocator import retain_freed_memory
-from sharpening.llm.checkpoint import (latest_checkpoint, load_checkpoint, save_checkpoint, save_sharded, staging_dir,
-                                       truncate_metrics)
+from sharpening.llm.checkpoint import (load_latest_intact, remove_stale_staging, save_checkpoint, save_sharded,
+                                       staging_dir, truncate_metrics)
 from sharpening.llm.config import TrainConfig, save_config, write_atomic
 from sharpening.llm.distributed import (Ranks, check_engine, global_token_count, micro_batches, token_mean_scale,
                                          vllm_settings)
 from sharpening.llm.models import load_model, load_tokenizer, resolve
 from sharpening.llm.rollout import HFEngine, response_logprobs
 from sharpening.objective import pg_loss, rloo_advantages, sequence_sums, shaped_reward, truncated_is_weight
+
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -87,6 +91,14 @@ class Trainer:
 
         self.ranks = Ranks.from_env()  # rank 0 of 1 without a launcher; FSDP ranks under `accelerate launch`
         self.cfg, self.run_dir = cfg, cfg.run_dir
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        # the user's mistakes first, before seconds to minutes of loading weights: the data, then the run folder
+        self.problems = data.load_problems(cfg.dataset, split=cfg.split, limit=cfg.limit, seed=cfg.seed)
+        self.eval_sets = {d: data.load_problems(d, split=cfg.eval_split, limit=cfg.eval_limit, seed=cfg.eval_seed)
+                          for d in cfg.eval_datasets}
+        if not cfg.resume and self.metrics_path.exists():
+            raise FileExistsError(f"{self.run_dir} already holds a run; pass resume=true to continue it "
+                                  "or choose another run_name")
         self.device = self.ranks.accelerator.device if self.ranks.accelerator else pick_device(cfg.device)
         if self.device.type == "cpu":
             retain_freed_memory()  # no page faults on the same tensors every step (sharpening/llm/allocator.py)
@@ -105,26 +117,23 @@ class Trainer:
         if hasattr(self.engine, "track"):
             self.engine.track(self.opt)
         self.template = data.TEMPLATES.get(cfg.template, cfg.template)
-        self.problems = data.load_problems(cfg.dataset, split=cfg.split, limit=cfg.limit, seed=cfg.seed)
         self.prompts = [data.format_prompt(self.tokenizer, p.problem, self.template, cfg.prefill)
                         for p in self.problems]
-        self.eval_sets = {d: data.load_problems(d, split=cfg.eval_split, limit=cfg.eval_limit, seed=cfg.eval_seed)
-                          for d in cfg.eval_datasets}
         self.step, self.bad_steps = 0, 0
-        self.metrics_path = self.run_dir / "metrics.jsonl"
         self._open_run()
 
     # -- the run folder ------------------------------------------------------------------------------
     def _open_run(self):
-        """Fresh run: refuse to mix with an old one. Resume: load the newest checkpoint, cut metrics to it."""
-        if not self.cfg.resume and self.metrics_path.exists():
-            raise FileExistsError(f"{self.run_dir} already holds a run; pass resume=true to continue it "
-                                  "or choose another run_name")
+        """Fresh run: a new folder (__init__ refused one holding a run). Resume: load the newest intact checkpoint
+        (a damaged one is skipped with a warning), cut metrics to it. Either way the temp folders of killed saves
+        go."""
         if self.ranks.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = latest_checkpoint(self.run_dir) if self.cfg.resume else None
-        if ckpt is not None:
-            state = load_checkpoint(ckpt, self.policy, self.opt)
+            for stale in remove_stale_staging(self.run_dir):  # a save killed mid-write: a model's worth of disk
+                log.warning("removed %s, left by a checkpoint save that was killed", stale)
+        self.ranks.barrier()  # no rank looks at the checkpoints while rank 0 cleans them
+        state = load_latest_intact(self.run_dir, self.policy, self.opt) if self.cfg.resume else None
+        if state is not None:
             self.step, self.bad_steps = state["step"], state["bad_steps"]
             if hasattr(self.engine, "sync_weights"):
                 self.engine.sync_weights(self.policy)

@@ -127,6 +127,23 @@ def regime_from_args(args) -> Regime:
     return Regime(given["mode"], given.get("alpha", 1.0), given.get("beta_inv", 0.0), norm, args.weight)
 
 
+def _distribution(values: list[float], flag: str) -> np.ndarray:
+    """Probabilities from the user's numbers: finite, >= 0, not all 0; rescaled to sum to 1 (with a note on
+    stderr) when they do not, since the fixed point under a mean normalization depends on the scale."""
+    p, shown = np.array(values, dtype=float), ",".join(f"{v:g}" for v in values)
+    if not np.isfinite(p).all():
+        raise ValueError(f"{flag} {shown} must be finite probabilities (>= 0, not all 0)")
+    if (p < 0).any():
+        raise ValueError(f"{flag} {shown} has a negative probability; give probabilities >= 0, not all 0")
+    if p.sum() == 0:
+        raise ValueError(f"{flag} {shown} is all 0; give probabilities >= 0 with a positive sum")
+    if not math.isclose(p.sum(), 1.0, rel_tol=1e-9):
+        p = p / p.sum()
+        print(f"sharpening theory: note: {flag} sums to {sum(values):g}, not 1: normalized to "
+              f"{','.join(f'{v:.4g}' for v in p)}", file=sys.stderr)
+    return p
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     cells = [header] + [[f"{x:.4g}" if isinstance(x, float) else str(x) for x in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
@@ -139,13 +156,12 @@ def fixed_point_command(args) -> int:
     from sharpening.theory import fixed_point
 
     if args.pi_ref is not None:
-        pi_ref = np.array(args.pi_ref)
-        if (pi_ref < 0).any():
-            raise ValueError(f"--pi-ref {args.pi_ref} has a negative probability")
         with np.errstate(divide="ignore"):
-            lp_ref = np.log(pi_ref)
+            lp_ref = np.log(_distribution(args.pi_ref, "--pi-ref"))
     else:
         lp_ref = np.array(args.lp_ref)
+        if np.isnan(lp_ref).any() or np.isposinf(lp_ref).any() or np.isneginf(lp_ref).all():
+            raise ValueError(f"--lp-ref {args.lp_ref} must be log-probabilities: no nan or +inf, and not all -inf")
     r = np.array(args.reward)
     if r.shape != lp_ref.shape:
         raise ValueError(f"--reward has {r.size} values but the reference has {lp_ref.size}; give one per output")
@@ -230,7 +246,7 @@ def snr_command(args) -> int:
 def stability_command(args) -> int:
     from sharpening.theory.instability import max_stable_lr
 
-    pi_ref, r = np.array(args.pi_ref), np.array(args.reward)
+    pi_ref, r = _distribution(args.pi_ref, "--pi-ref"), np.array(args.reward)
     if r.shape != pi_ref.shape or (pi_ref <= 0).any():
         raise ValueError(f"--pi-ref {args.pi_ref} must be positive with one --reward per entry, got {args.reward}")
     rows = [[f"alpha={a:g}"] + [max_stable_lr(Regime("sampling", a, b), np.log(pi_ref), r) for b in args.beta_invs]

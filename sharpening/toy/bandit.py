@@ -249,8 +249,8 @@ def _check_settings(regime, steps, group_size, lr, optimizer, max_grad_norm):
         raise ValueError(f"steps={steps!r} must be an int >= 0")
     if not isinstance(group_size, (int, np.integer)) or group_size < 2:
         raise ValueError(f"group_size={group_size!r} must be an int >= 2 (leave-one-out baseline)")
-    if not lr > 0:
-        raise ValueError(f"lr={lr!r} must be > 0")
+    if not 0 < lr < float("inf"):  # also refuses nan
+        raise ValueError(f"lr={lr!r} must be a finite number > 0")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r} is not one of {OPTIMIZERS}")
     if max_grad_norm is not None and not max_grad_norm > 0:

@@ -80,6 +80,8 @@ def raise_usage(message):
 
 
 def _run(args, make_policy, label):
+    if args.steps < 1:  # the library takes 0 (the initial policy, for sweeps); a run from the command line trains
+        raise_usage(f"--steps={args.steps} must be >= 1")
     try:
         regime = regime_from_args(args)
         policy = make_policy()
