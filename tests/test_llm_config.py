@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from sharpening.llm.checkpoint import truncate_metrics
-from sharpening.llm.config import load_config, parse_regime
+from sharpening.llm.config import TrainConfig, load_config, parse_regime
 from sharpening.llm.trainer import eval_ks, warmup_factor
-from sharpening.objective import Regime
+from sharpening.objective import SIGNAL_PRESETS, Regime
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -108,8 +108,12 @@ def test_unknown_key_in_yaml_lists_valid_keys(tmp_path):
 
 def test_every_shipped_config_resolves():
     paths = sorted((CONFIGS / "cpu").glob("*.yaml")) + sorted((CONFIGS / "paper").glob("*/*.yaml"))
-    assert len(paths) == 6 + 3 * 17  # cpu: 4 regimes + demo pair; paper: 3 models x (2 + 5 tempered + 10 tilted)
+    # cpu: 4 regimes + demo pair + 5 label-free signals; paper: 3 models x (2 + 5 tempered + 10 tilted)
+    assert len(paths) == 11 + 3 * 17
     cfgs = {p.relative_to(CONFIGS).as_posix(): load_config(p) for p in paths}
+    for signal in SIGNAL_PRESETS:  # the demo's task with the regime changed, nothing else
+        demo = {**cfgs["cpu/demo_task_reward.yaml"].to_dict(), "run_name": signal, "regime": Regime.preset(signal)}
+        assert cfgs[f"cpu/{signal}.yaml"] == TrainConfig(**demo)
     qwen3 = cfgs["paper/qwen3-4b/tilted_a4_b10000.yaml"]
     assert (qwen3.prompts_per_step, qwen3.group_size, qwen3.steps, qwen3.max_new_tokens) == (64, 8, 1000, 4096)
     assert qwen3.regime == Regime("sampling", 4.0, 1e4)
