@@ -168,24 +168,9 @@ def _check_choice(name, value, allowed):
 
 
 def parse_regime(spec) -> Regime:
-    """A Regime from a Regime, a preset name, {preset: name, **params} or {mode, alpha, beta_inv, ...}."""
-    if isinstance(spec, Regime):
-        return spec
-    if isinstance(spec, str):
-        return Regime.preset(spec)
-    if not isinstance(spec, dict):
-        raise ValueError(f"regime={spec!r} must be a preset name or a mapping")
-    spec = dict(spec)
-    if "preset" in spec:
-        try:
-            return Regime.preset(spec.pop("preset"), **spec)
-        except TypeError as err:  # a parameter the preset does not take
-            raise ValueError(f"regime={spec!r}: {err}") from None
-    unknown = sorted(set(spec) - set(REGIME_KEYS))
-    if unknown or "mode" not in spec:
-        raise ValueError(f"regime keys {unknown or list(spec)} are invalid: give `preset` (+ its parameters) "
-                         f"or `mode` with any of {list(REGIME_KEYS)}")
-    return Regime(**spec)
+    """A Regime from a Regime, a preset name, {preset: name, **its parameters} or {mode, alpha, beta_inv, ...}:
+    Regime.from_spec, the one reader of regimes (strict about what a preset takes)."""
+    return Regime.from_spec(spec)
 
 
 def _field_types() -> dict:
@@ -244,7 +229,9 @@ def apply_overrides(values: dict, overrides) -> dict:
 
 
 def _set_regime_param(spec, param: str, value):
-    """regime.<param>=value on a regime given in any of its forms."""
+    """regime.<param>=value: set one key of the regime spec in the form it was given (a preset name becomes
+    {preset: name}). Nothing is expanded: the spec is read by Regime.from_spec, so a parameter the preset does
+    not take is an error there (regime: tilted with regime.beta_inv=0 is refused, not silently tempered)."""
     allowed = ("preset",) + REGIME_KEYS
     if param not in allowed:
         raise ValueError(f"unknown regime parameter {param!r}; valid: {list(allowed)}")
@@ -252,14 +239,9 @@ def _set_regime_param(spec, param: str, value):
         spec = spec.to_dict()
     elif isinstance(spec, str):
         spec = {"preset": spec}
-    if param == "preset":
-        return {"preset": value}
-    try:  # expand a preset into its fields so that any of them can be set
-        spec = parse_regime(spec).to_dict()
-    except ValueError:  # an incomplete spec ({preset: tempered} without alpha): complete it as given
-        spec = dict(spec)
-    spec[param] = value
-    return spec
+    elif not isinstance(spec, dict):
+        raise ValueError(f"regime={spec!r} must be a preset name or a mapping to set regime.{param}")
+    return {**spec, param: value}
 
 
 def load_config(path=None, overrides=()) -> TrainConfig:

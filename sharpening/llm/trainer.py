@@ -29,6 +29,7 @@ from sharpening.llm.distributed import (Ranks, check_engine, global_token_count,
                                          vllm_settings)
 from sharpening.llm.models import load_model, load_tokenizer, resolve
 from sharpening.llm.rollout import HFEngine, response_logprobs
+from sharpening.llm.signals import signal_inputs
 from sharpening.objective import pg_loss, rloo_advantages, sequence_sums, shaped_reward, truncated_is_weight
 
 
@@ -181,13 +182,16 @@ class Trainer:
         r = task_rewards(roll.texts, [self.problems[i].answer for i in idx], G, cfg.prefill, roll.mask.device)
         t2 = time.perf_counter()
         lp_ref_tok = self.lp_ref(roll) if regime.needs_lp_ref else None  # frozen pi_ref [B, T]
+        signal = signal_inputs(regime, roll, r, G, policy=self.policy, prefill=cfg.prefill, seed=cfg.seed, step=step,
+                               prompt_indices=idx, micro_batch_size=cfg.micro_batch_size)  # label-free r, certainty
         t3 = time.perf_counter()
-        R = shaped_reward(regime, r, lp_ref_tok, roll.lp_old_tok, mask=roll.mask)  # [B]
+        R = shaped_reward(regime, r if signal.r is None else signal.r, lp_ref_tok, roll.lp_old_tok, mask=roll.mask,
+                          certainty=signal.certainty)  # [B]
         A = rloo_advantages(R.view(-1, G)).view(-1)  # [B]
         update = self.update(roll, A, step)  # token-mean REINFORCE, clipping, AdamW
         t4 = time.perf_counter()
-        self.last = {"roll": roll, "r": r, "R": R, "A": A}  # for inspection and tests
-        return {**step_metrics(r, R, A, lp_ref_tok, roll), **update, "time/generate": t1 - t0,
+        self.last = {"roll": roll, "r": r, "R": R, "A": A, "signal": signal}  # for inspection and tests
+        return {**step_metrics(r, R, A, lp_ref_tok, roll), **signal.metrics, **update, "time/generate": t1 - t0,
                 "time/grade": t2 - t1, "time/ref": t3 - t2, "time/train": t4 - t3, "time/step": t4 - t0}
 
     @torch.no_grad()
