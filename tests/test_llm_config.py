@@ -51,7 +51,7 @@ def test_regime_forms(spec, expected):
     (["regime.gamma=1"], "unknown regime parameter 'gamma'; valid: ['preset', 'mode', 'alpha'"),
     (["regime=greedy"], "unknown regime preset 'greedy'; choose one of"),
     (["regime.alpha=-1"], "Regime.alpha=-1 must be a finite real number >= 0"),
-    (["template=no placeholder"], "must be one of ['paper', 'plain'] or a string"),
+    (["template=no placeholder"], "must be one of ['paper', 'paper_tex', 'plain'] or a string"),
     (["eval_datasets=[synthetic:add]", "eval_seed=42"], "eval_seed=42 equals seed"),
     (["lr"], "must look like key=value"),
 ])
@@ -70,7 +70,9 @@ def test_unknown_key_in_yaml_lists_valid_keys(tmp_path):
 
 def test_every_shipped_config_resolves():
     paths = sorted((CONFIGS / "cpu").glob("*.yaml")) + sorted((CONFIGS / "paper").glob("*/*.yaml"))
-    assert len(paths) == 6 + 3 * 17  # cpu: 4 regimes + demo pair; paper: 3 models x (2 + 5 tempered + 10 tilted)
+    # cpu: 4 regimes + demo pair; paper: 2 x 17 runs (2 + 5 tempered + 10 tilted) with EOS and fixed length for the
+    # 3B models, 12 for Qwen3-4B (2 + 5 tempered + 5 tilted with beta_inv 1e4)
+    assert len(paths) == 6 + 2 * 2 * 17 + 12
     cfgs = {p.relative_to(CONFIGS).as_posix(): load_config(p) for p in paths}
     qwen3 = cfgs["paper/qwen3-4b/tilted_a4_b10000.yaml"]
     assert (qwen3.prompts_per_step, qwen3.group_size, qwen3.steps, qwen3.max_new_tokens) == (64, 8, 1000, 4096)
