@@ -293,3 +293,11 @@ def test_expected_rewards_of_the_task_reward_are_the_reward_itself():
     upd, mean, var = expected_rewards(Regime.task_reward(), np.full(3, 1 / 3), r)
     np.testing.assert_array_equal(upd, r)
     np.testing.assert_array_equal(var, 0.0)
+
+
+def test_answer_ids_vote_on_the_graded_answer_not_the_last_box():
+    """`\\boxed{5}, \\boxed{7}` is the hedge "5, 7" (graded 0 against 7), a different answer from a plain 7."""
+    from sharpening.llm.signals import answer_ids
+
+    ids = answer_ids(["5}, \\boxed{7}", "7}", "7} so", "5}, \\boxed{7}", "no box"], G=5, prefill="\\boxed{")
+    assert ids.tolist() == [0, 1, 1, 0, -1]

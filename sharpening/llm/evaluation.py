@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from sharpening.atomic import write_atomic
 from sharpening.llm.data import BENCHMARKS, PAPER_TEMPLATE, TEMPLATES, Problem, format_prompt, load_problems
-from sharpening.llm.grading import extract_boxed, grade
+from sharpening.llm.grading import final_answer, grade
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
 EVAL_DATASETS = ("math500", "minerva_math", "aime24", "aime25", "hmmt25")
@@ -143,7 +143,7 @@ def score_problem(problem: Problem, texts: list[str], lengths: list[float], ks, 
     """One problem's n responses -> its correct count c, pass@k and maj@k for each k, and mean length."""
     r = [grade(t, problem.answer) for t in texts]
     c = int(sum(r))
-    clusters, correct = answer_clusters([extract_boxed(t) for t in texts], problem.answer)
+    clusters, correct = answer_clusters([final_answer(t) for t in texts], problem.answer)
     n = len(texts)
     return {"id": problem.id, "correct": c, "n": n, "mean_length": float(np.mean(lengths)) if lengths else 0.0,
             "pass@k": {str(k): pass_at_k(n, c, k) for k in ks},

@@ -1,7 +1,7 @@
 """The label-free signals in the LLM trainer: the inputs of sharpening.objective's formulas, from texts and a model.
 
     majority_vote    r = majority_vote_rewards(answer ids of each group): the answer of a response is
-                     grading.extract_boxed(prefill + response); within a group, two answers are the same answer
+                     grading.final_answer(prefill + response); within a group, two answers are the same answer
                      when their strings are equal or the grader credits one against the other
                      (grade("\\boxed{a}", b) = 1: "0.5" and "\\frac{1}{2}" vote together); no box, or an
                      unclosed one, is no answer (never votes, never earns)
@@ -13,7 +13,7 @@
                      tokens' log-probs, not the distributions. It costs one forward pass, as lp_ref does.
     self_likelihood  lp_old, which every rollout already carries (lp_old_tok)
 
-Relies on grading's public `grade(response, gold)` and `extract_boxed(text)` only.
+Relies on grading's public `grade(response, gold)` and `final_answer(text)` only.
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ class SignalInputs:
 
 def answer_ids(texts, G: int, prefill: str = "") -> torch.Tensor:
     """Answer id of each response [B] (-1: no answer), equal within a group for the same answer (module docstring)."""
-    from sharpening.llm.grading import extract_boxed, grade
+    from sharpening.llm.grading import final_answer, grade
 
     ids = []
     for start in range(0, len(texts), G):
         representatives: list[str] = []  # the first string of each answer of this group
         for text in texts[start:start + G]:
-            answer = extract_boxed(prefill + text)
+            answer = final_answer(prefill + text)
             if not answer:
                 ids.append(-1)
                 continue
