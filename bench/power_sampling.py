@@ -113,7 +113,8 @@ def chunked_eval(argv: list[str], out: Path, reverse: bool = False, run: bool = 
     if not run:
         parts = [json.loads(path.read_text()) for path in sorted((out / "chunks").glob("*.json"))]
         return merged_chunks(parts, a) if parts else None
-    engine = PowerSamplingEngine(evaluation._build_engine(a.engine, a.checkpoint or a.model, a.seed), settings)
+    engine = PowerSamplingEngine(evaluation._build_engine(a.engine, a.checkpoint or a.model, a.seed, a.max_new_tokens,
+                                                          a.max_total_tokens), settings)
     info = {"run": f"base:{a.model}", "regime": None, "model": a.checkpoint or a.model, "step": None,
             "sampler": {"name": a.sampler, **settings.to_dict()}}
     for start in reversed(starts) if reverse else starts:

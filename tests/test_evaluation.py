@@ -86,6 +86,19 @@ def test_answer_clusters_use_the_graders_equivalence():
     assert answer_clusters(["7", None], "3") == ([1, -1], -1)
 
 
+def test_maj_at_k_never_credits_what_pass_at_k_grades_wrong():
+    """A hedge in side-by-side boxes grades 0; its last box alone is the gold. Majority voting must cluster the
+    graded answer ("5, 7"), not the last box ("7"), or maj@k rewards a hedge that pass@k rejects."""
+    from sharpening.llm.data import Problem
+    from sharpening.llm.evaluation import score_problem
+
+    texts = ["\\boxed{5}, \\boxed{7}"] * 3 + ["\\boxed{7}"]
+    row = score_problem(Problem(id="p", problem="?", answer="7", source="t"), texts, [4.0] * 4, ks=(1, 4))
+    assert row["correct"] == 1
+    assert row["maj@k"]["4"] == 0.0  # the hedge is the majority (3 of 4) and it is wrong
+    assert row["maj@k"]["1"] == pytest.approx(0.25)  # one sample: right exactly when it is the plain 7
+
+
 # --- evaluate() bookkeeping with a stand-in engine (no model: fixed texts) --------------------------------
 
 class ChatML:
@@ -176,7 +189,7 @@ def test_eval_defaults():
     (["--ks", "0,1"], "--ks='0,1' must be"),
     (["--n", "0"], "--n=0 is out of range"),
     (["--top-p", "1.5"], "--top-p=1.5 is out of range"),
-    (["--template", "no placeholder"], r"--template='no placeholder' is not one of \['paper', 'plain'\]"),
+    (["--template", "no placeholder"], r"--template='no placeholder' is not one of \['paper', 'paper_tex', 'plain'\]"),
     (["--datasets", "nope"], "unknown problem source 'nope'"),
 ])
 def test_eval_rejects_bad_flags_before_loading_a_model(argv, message):

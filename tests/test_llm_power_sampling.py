@@ -27,6 +27,7 @@ def parse(argv):
     (["--sampler", "temperature", "--temperature", "0.5"], "drop --temperature=0.5"),
     (["--sampler", "power", "--top-p", "0.9"], "drop --temperature=1.0 and --top-p=0.9"),
     (["--sampler", "power", "--engine", "vllm"], "--sampler power runs on --engine hf"),
+    (["--sampler", "power", "--max-total-tokens", "64"], "drop --max-total-tokens=64"),
     (["--sampler", "temperature", "--alpha", "0"], "--alpha=0.0 must be > 0"),
     (["--sampler", "power", "--mcmc-steps", "-1"], "mcmc_steps=-1 must be an int >= 0"),
     (["--sampler", "power", "--block-size", "0"], "block_size=0 must be an int >= 1"),

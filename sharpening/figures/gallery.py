@@ -64,6 +64,13 @@ def _theory_vs_simulation(opt: Options):
     return fig_theory_vs_simulation(quick=opt.quick, seed=opt.seed)
 
 
+def _signals(opt: Options):
+    from sharpening.figures.signals import fig_signals, train_signals
+
+    settings = dict(steps=60, seeds=4) if opt.quick else dict(steps=300, seeds=16)
+    return fig_signals(train_signals(seed=opt.seed, **settings), seed=opt.seed)
+
+
 def _pass_at_k(opt: Options):
     from sharpening.figures.pass_at_k import fig_pass_at_k, find_evals
 
@@ -106,6 +113,9 @@ FIGURES = (
     Figure("theory_vs_simulation", "Closed-form predictions over measurements: mass on correct answers of π_ref^α "
            "vs sampled training, and the predicted step-size limit of gradient ascent vs where it diverges.",
            _theory_vs_simulation),
+    Figure("signals", "Where the label-free signals end on the toys whose most likely output is wrong but whose most "
+           "likely answer is right: mass on correct answers and on π_ref's mode after training, per seed, with the "
+           "exact dynamics and the closed-form fixed point.", _signals),
     Figure("pass_at_k", "pass@k and maj@k (k = 1..n) of each evaluated LLM run, per data set.", _pass_at_k),
     Figure("power_sampling", "π_ref^α three ways on the sequence toy: TV to the closed form vs MCMC steps per block "
            "(exact law of the MCMC sampler, sampled chains, token temperature 1/α, tempered RL), and accuracy and "
