@@ -1,0 +1,190 @@
+"""The CPU evidence grid: every regime trained on SmolLM2-135M, resumably, with one command (`make cpu-grid`).
+
+    python bench/cpu_grid.py                   # the whole grid of configs/cpu/grid/grid.yaml
+    python bench/cpu_grid.py --list            # every run and its state (done / partial / todo); nothing runs
+    python bench/cpu_grid.py --only sharpening tempered_a2     # the runs of some families
+    python bench/cpu_grid.py --steps 2 --eval-limit 2 --runs /tmp/g --results /tmp/r   # a smoke run
+
+Stages, each skipped when its results exist (so a re-run continues where a killed one stopped):
+1. step 0: base-model samples for the reward-variance-vs-length measurement (bench/llm_step0.py) -> step0/;
+2. base: `sharpening llm eval` of pi_ref on the held-out questions, with the runs' evaluation settings -> base/;
+3. every run of the grid: `sharpening llm train --config base.yaml <family keys> seed=S [lr=X]`, in seed-major
+   order. A run killed mid-way resumes from its last checkpoint (resume=true). A finished run's config.yaml,
+   metrics.jsonl and eval.json are copied to RESULTS/<run>/ and its checkpoints deleted (no weights kept).
+Progress and the wall time of each stage are printed; RESULTS/grid_summary.json holds every run's wall time
+and state, and is rewritten after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the package of this checkout, also when run as a plain script
+
+from sharpening.atomic import write_atomic  # noqa: E402
+from sharpening.llm.config import load_config  # noqa: E402
+
+RESULT_FILES = ("metrics.jsonl", "eval.json", "config.yaml")  # config.yaml last: its presence marks "done"
+DIVERGED = "steps in a row had a NaN/inf loss or gradient"  # the trainer's TrainingDiverged message
+
+
+@dataclass
+class Run:
+    name: str
+    family: str
+    overrides: list[str] = field(default_factory=list)  # key=value, after base.yaml
+
+
+def _override(key: str, value) -> str:
+    """key=value with the value in YAML flow style, as `sharpening llm train` parses it."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return f"{key}={text.removesuffix('...').strip()}"
+
+
+def load_grid(path) -> tuple[Path, list[Run]]:
+    """(base config path, runs in seed-major order) from a grid file; every run's config is resolved here, so a
+    typo in any family fails before anything trains."""
+    path = Path(path)
+    spec = yaml.safe_load(path.read_text())
+    if not isinstance(spec, dict) or "base" not in spec or not isinstance(spec.get("families"), dict):
+        raise ValueError(f"{path}: a grid file holds `base: <config>` and `families: {{name: {{seeds: [...], ...}}}}`")
+    base = path.parent / spec["base"]
+    runs: dict[int, list[Run]] = {}
+    for family, keys in spec["families"].items():
+        keys = dict(keys or {})
+        seeds, lrs = keys.pop("seeds", None), keys.pop("lrs", [None])
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+            raise ValueError(f"{path}: family {family!r} needs `seeds: [1, 2, ...]` (a list of integers)")
+        for i, seed in enumerate(seeds):
+            for lr in lrs:
+                name = f"{family}" + ("" if lr is None else f"_lr{lr:g}".replace("e-0", "e-")) + f"_seed{seed}"
+                overrides = [_override(k, v) for k, v in keys.items()] + [f"seed={seed}"]
+                overrides += ([] if lr is None else [f"lr={lr}"]) + [f"run_name={name}"]
+                try:
+                    load_config(base, overrides)
+                except (ValueError, FileNotFoundError) as err:
+                    raise ValueError(f"{path}: family {family!r}: {err}") from None
+                runs.setdefault(i, []).append(Run(name, family, overrides))
+    return base, [run for i in sorted(runs) for run in runs[i]]
+
+
+def state(run: Run, runs_dir: Path, results: Path) -> str:
+    if (results / run.name / "config.yaml").exists():
+        return "done"
+    return "partial" if (runs_dir / run.name / "metrics.jsonl").exists() else "todo"
+
+
+def sh(cmd: list[str], log: Path) -> float:
+    """Run cmd with its output appended to `log`; returns the seconds it took; raises on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("$", " ".join(cmd), f">> {log}", flush=True)
+    t = time.time()
+    with open(log, "a") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    if code != 0:
+        raise RuntimeError(f"exit status {code}: {' '.join(cmd)} (log: {log})")
+    return time.time() - t
+
+
+def collect(run_dir: Path, dest: Path) -> None:
+    """Copy a finished run's results (never weights) to dest, config.yaml last; then delete its checkpoints."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES:
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, dest / f".{name}.tmp")
+            (dest / f".{name}.tmp").replace(dest / name)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", default=str(ROOT / "configs/cpu/grid/grid.yaml"), help="grid file")
+    parser.add_argument("--runs", default=None, help="training folders (default: the base config's out_dir)")
+    parser.add_argument("--results", default=str(ROOT / "results/cpu"), help="results folder (default results/cpu)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="FAMILY", help="run only these families")
+    parser.add_argument("--list", action="store_true", help="print the runs and their state, run nothing")
+    parser.add_argument("--steps", type=int, default=None, help="override every run's steps (smoke runs)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="override the held-out problem count")
+    args = parser.parse_args(argv)
+
+    base, runs = load_grid(args.grid)
+    families = {r.family for r in runs}
+    if args.only and set(args.only) - families:
+        parser.error(f"--only {sorted(set(args.only) - families)}: not in the grid; families: {sorted(families)}")
+    runs = [r for r in runs if not args.only or r.family in args.only]
+    extra = ([f"steps={args.steps}"] if args.steps else []) + ([f"eval_limit={args.eval_limit}"] if args.eval_limit else [])
+    cfg = load_config(base, extra)
+    runs_dir, results = Path(args.runs or ROOT / cfg.out_dir), Path(args.results)
+    states = {r.name: state(r, runs_dir, results) for r in runs}
+    if args.list:
+        for r in runs:
+            print(f"{states[r.name]:<8} {r.name:<40} {' '.join(r.overrides[:-1])}")
+        print(f"{sum(s == 'done' for s in states.values())} of {len(runs)} runs done")
+        return 0
+
+    summary_path = results / "grid_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"runs": {}}
+    py, start = [sys.executable], time.time()
+
+    def record(name, seconds, status):
+        summary["runs"].setdefault(name, {"seconds": 0.0})
+        summary["runs"][name]["seconds"] += seconds  # a resumed run adds up its sessions
+        summary["runs"][name]["status"] = status
+        summary["last_session"] = {"seconds": round(time.time() - start, 1), "ended": time.strftime("%Y-%m-%d %H:%M")}
+        write_atomic(summary_path, json.dumps(summary, indent=1, sort_keys=True))
+
+    if not (results / "step0" / "step0.json").exists():
+        seconds = sh(py + [str(ROOT / "bench/llm_step0.py"), "--config", str(base), "--out", str(results / "step0")]
+                     + (["--prompts", "4", "--group-size", "4"] if args.steps else []), runs_dir / "step0.log")
+        record("step0", seconds, "done")
+    if not (results / "base" / "eval.json").exists() and cfg.eval_datasets:
+        seconds = sh(py + ["-m", "sharpening.cli", "llm", "eval", "--model", cfg.model,
+                           "--datasets", ",".join(cfg.eval_datasets), "--limit", str(cfg.eval_limit),
+                           "--n", str(cfg.eval_n), "--ks", ",".join(map(str, eval_ks(cfg.eval_n))),
+                           "--max-new-tokens", str(cfg.max_new_tokens), "--prefill", cfg.prefill,
+                           "--template", cfg.template, "--seed", str(cfg.eval_seed), "--out", str(results / "base")],
+                     runs_dir / "base.log")
+        record("base", seconds, "done")
+    todo = [r for r in runs if states[r.name] != "done"]
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs done; {len(todo)} to go", flush=True)
+    for i, run in enumerate(todo, 1):
+        resume = ["resume=true"] if state(run, runs_dir, results) == "partial" else []
+        cmd = py + ["-m", "sharpening.cli", "llm", "train", "--config", str(base), *run.overrides, *extra,
+                    f"out_dir={runs_dir}", *resume]
+        elapsed = time.time() - start
+        print(f"[{i}/{len(todo)}] {run.name}{' (resumed)' if resume else ''}; {elapsed / 60:.0f} min so far", flush=True)
+        t, log = time.time(), runs_dir / f"{run.name}.log"
+        try:
+            sh(cmd, log)
+            status = "done"
+        except RuntimeError as err:
+            # a run stopped by max_bad_steps NaN/inf steps is a result (it diverged); any other failure is
+            # recorded, left for the next session, and the grid goes on
+            status = "diverged" if DIVERGED in log.read_text() else "failed"
+            print(f"  {status.upper()}: {err}", flush=True)
+        if status != "failed":
+            collect(runs_dir / run.name, results / run.name)
+        record(run.name, time.time() - t, status)
+        print(f"  {status} in {(time.time() - t) / 60:.1f} min", flush=True)
+    print(f"grid session: {(time.time() - start) / 60:.1f} min; summary: {summary_path}")
+    return 0
+
+
+def eval_ks(n: int) -> list[int]:
+    from sharpening.llm.trainer import eval_ks as ks
+
+    return list(ks(n))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
