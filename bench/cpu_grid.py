@@ -10,7 +10,9 @@ Stages, each skipped when its results exist (so a re-run continues where a kille
 2. base: `sharpening llm eval` of pi_ref on the held-out questions, with the runs' evaluation settings -> base/;
 3. every run of the grid: `sharpening llm train --config base.yaml <family keys> seed=S [lr=X]`, in seed-major
    order. A run killed mid-way resumes from its last checkpoint (resume=true). A finished run's config.yaml,
-   metrics.jsonl and eval.json are copied to RESULTS/<run>/ and its checkpoints deleted (no weights kept).
+   metrics.jsonl and eval.json are copied to RESULTS/<run>/ and its checkpoints deleted (no weights kept);
+4. after the first seed of every family: pi_ref evaluated at each of the grid's base_temperatures
+   -> base_temperature<T>/.
 Progress and the wall time of each stage are printed; RESULTS/grid_summary.json holds every run's wall time
 and state, and is rewritten after each run.
 """
@@ -43,6 +45,7 @@ class Run:
     name: str
     family: str
     overrides: list[str] = field(default_factory=list)  # key=value, after base.yaml
+    round: int = 0  # index of its seed in the family's list: runs go round by round
 
 
 def _override(key: str, value) -> str:
@@ -51,13 +54,16 @@ def _override(key: str, value) -> str:
     return f"{key}={text.removesuffix('...').strip()}"
 
 
-def load_grid(path) -> tuple[Path, list[Run]]:
-    """(base config path, runs in seed-major order) from a grid file; every run's config is resolved here, so a
-    typo in any family fails before anything trains."""
+def load_grid(path) -> tuple[Path, list[Run], list[float]]:
+    """(base config path, runs in seed-major order, base-model temperatures) from a grid file; every run's config
+    is resolved here, so a typo in any family fails before anything trains."""
     path = Path(path)
     spec = yaml.safe_load(path.read_text())
     if not isinstance(spec, dict) or "base" not in spec or not isinstance(spec.get("families"), dict):
         raise ValueError(f"{path}: a grid file holds `base: <config>` and `families: {{name: {{seeds: [...], ...}}}}`")
+    temperatures = spec.get("base_temperatures", [])
+    if not isinstance(temperatures, list) or not all(isinstance(t, (int, float)) and t > 0 for t in temperatures):
+        raise ValueError(f"{path}: base_temperatures={temperatures!r} must be a list of positive numbers")
     base = path.parent / spec["base"]
     runs: dict[int, list[Run]] = {}
     for family, keys in spec["families"].items():
@@ -74,8 +80,8 @@ def load_grid(path) -> tuple[Path, list[Run]]:
                     load_config(base, overrides)
                 except (ValueError, FileNotFoundError) as err:
                     raise ValueError(f"{path}: family {family!r}: {err}") from None
-                runs.setdefault(i, []).append(Run(name, family, overrides))
-    return base, [run for i in sorted(runs) for run in runs[i]]
+                runs.setdefault(i, []).append(Run(name, family, overrides, i))
+    return base, [run for i in sorted(runs) for run in runs[i]], [float(t) for t in temperatures]
 
 
 def state(run: Run, runs_dir: Path, results: Path) -> str:
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-limit", type=int, default=None, help="override the held-out problem count")
     args = parser.parse_args(argv)
 
-    base, runs = load_grid(args.grid)
+    base, runs, temperatures = load_grid(args.grid)
     families = {r.family for r in runs}
     if args.only and set(args.only) - families:
         parser.error(f"--only {sorted(set(args.only) - families)}: not in the grid; families: {sorted(families)}")
@@ -147,17 +153,25 @@ def main(argv=None) -> int:
         seconds = sh(py + [str(ROOT / "bench/llm_step0.py"), "--config", str(base), "--out", str(results / "step0")]
                      + (["--prompts", "4", "--group-size", "4"] if args.steps else []), runs_dir / "step0.log")
         record("step0", seconds, "done")
-    if not (results / "base" / "eval.json").exists() and cfg.eval_datasets:
+    def evaluate_base(t: float):  # pi_ref itself (t = 1) or at token-level temperature t = 1/alpha
+        name = "base" if t == 1.0 else f"base_temperature{t:g}"
+        if (results / name / "eval.json").exists() or not cfg.eval_datasets or (args.only and t != 1.0):
+            return
         seconds = sh(py + ["-m", "sharpening.cli", "llm", "eval", "--model", cfg.model,
                            "--datasets", ",".join(cfg.eval_datasets), "--limit", str(cfg.eval_limit),
                            "--n", str(cfg.eval_n), "--ks", ",".join(map(str, eval_ks(cfg.eval_n))),
                            "--max-new-tokens", str(cfg.max_new_tokens), "--prefill", cfg.prefill,
-                           "--template", cfg.template, "--seed", str(cfg.eval_seed), "--out", str(results / "base")],
-                     runs_dir / "base.log")
-        record("base", seconds, "done")
+                           "--template", cfg.template, "--seed", str(cfg.eval_seed), "--temperature", f"{t:g}",
+                           "--out", str(results / name)], runs_dir / f"{name}.log")
+        record(name, seconds, "done")
+
+    evaluate_base(1.0)
     todo = [r for r in runs if states[r.name] != "done"]
     print(f"{len(runs) - len(todo)} of {len(runs)} runs done; {len(todo)} to go", flush=True)
     for i, run in enumerate(todo, 1):
+        if run.round >= 1:  # after the first seed of every family: the base model at the other temperatures
+            for t in temperatures:
+                evaluate_base(t)
         resume = ["resume=true"] if state(run, runs_dir, results) == "partial" else []
         cmd = py + ["-m", "sharpening.cli", "llm", "train", "--config", str(base), *run.overrides, *extra,
                     f"out_dir={runs_dir}", *resume]
@@ -176,6 +190,8 @@ def main(argv=None) -> int:
             collect(runs_dir / run.name, results / run.name)
         record(run.name, time.time() - t, status)
         print(f"  {status} in {(time.time() - t) / 60:.1f} min", flush=True)
+    for t in temperatures:
+        evaluate_base(t)
     print(f"grid session: {(time.time() - start) / 60:.1f} min; summary: {summary_path}")
     return 0
 

@@ -106,7 +106,10 @@ def _llm(name: str):
     def draw(opt: Options):
         from sharpening.figures import llm
 
-        return getattr(llm, f"fig_{name}")(llm_results(opt))
+        try:
+            return getattr(llm, f"fig_{name}")(llm_results(opt))
+        except llm.NoData as why:
+            raise Skipped(str(why)) from None
     return draw
 
 

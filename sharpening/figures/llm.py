@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from sharpening.figures import style
-from sharpening.figures.llm_runs import (LABELS, TABLE_COLUMNS, UNSTABLE, WINDOW, Results, stability, table_rows)
+from sharpening.figures.llm_runs import LABELS, TABLE_COLUMNS, UNSTABLE, WINDOW, NoData, Results, stability, table_rows
 from sharpening.objective import Regime
 
 SEED_RANGE = (0, 50, 100)  # median and min-max over seeds
@@ -61,7 +61,7 @@ def fig_llm_training_curves(results: Results, axes=None, fixed_length: bool = Fa
     fixed_length). Returns the axes [n_models, len(CURVES)]."""
     models = [m for m in results.models() if any(r.model == m for r in results.runs)]
     if not models:
-        raise ValueError(f"no training runs under {results.root}")
+        raise NoData(f"no training runs under {results.root}")
     if axes is None:
         axes = style.axes(len(models), len(CURVES), squeeze=False)
     axes = np.reshape(axes, (len(models), len(CURVES)))
@@ -94,17 +94,22 @@ def fig_llm_pass_at_k(results: Results, axes=None):
             names |= {n for r in runs for n in r.eval.curves}
         panels += [(model, name) for name in sorted(names)]
     if not panels:
-        raise ValueError(f"no eval.json under {results.root}")
+        raise NoData(f"no eval.json under {results.root}")
     if axes is None:
         axes = style.axes(len(panels), 2, squeeze=False)
     axes = np.reshape(axes, (len(panels), 2))
     for row, (model, name) in zip(axes, panels):
         base = results.base_eval(model)
-        conditions = results.conditions(model, results.main_lr(model) if results.runs else None, evaluated=True)
+        conditions = results.conditions(model, results.main_lr(model), evaluated=True)
         for ax, metric in zip(row, ("pass@k", "maj@k")):
             if base is not None and name in base.curves:
                 k, value = base.curves[name][metric]
                 ax.plot(k, value, **style.line(None, marker="o", markersize=3, linewidth=2.2))
+            for cold, dash in zip(results.base_temperatures(model), (":", "-.", (0, (1, 3)))):
+                if name in cold.curves:
+                    k, value = cold.curves[name][metric]
+                    ax.plot(k, value, **style.line(None, label=temperature_label(cold.temperature), linestyle=dash,
+                                                   marker="x", markersize=3))
             for c, runs in conditions.items():
                 curves = [r.eval.curves[name][metric] for r in runs if name in r.eval.curves]
                 if curves:
@@ -163,7 +168,7 @@ def fig_llm_length_bias(results: Results, axes=None):
     fixed-length (EOS ignored) variants beside the normal ones. Returns the axes [n_models, 3]."""
     models = [m for m in results.models() if results.conditions(m, evaluated=True)]
     if not models:
-        raise ValueError(f"no evaluated training runs under {results.root}")
+        raise NoData(f"no evaluated training runs under {results.root}")
     if axes is None:
         axes = style.axes(len(models), 3, squeeze=False, figsize=(11, 3.4 * len(models)))
     axes = np.reshape(axes, (len(models), 3))
@@ -178,6 +183,11 @@ def fig_llm_length_bias(results: Results, axes=None):
         panel_by_condition(row[2], results, model, lambda e: _first(e, "pass@k", 1), "held-out pass@1",
                            lambda e: _first(e, "pass@k", 1), "after training (dashed: π_ref)")
     return style.figure_legend(axes, ncol=4)
+
+
+def temperature_label(t: float) -> str:
+    """The base model sampled at token-level temperature t = 1/alpha."""
+    return f"π_ref at token temperature {t:g} (= 1/α, α = {1 / t:g})"
 
 
 def _first(result, metric: str, k: int) -> float:
@@ -218,12 +228,13 @@ def panel_step0_variance(ax, step0: dict):
     ax.plot(v["L"], v["lp_ref"], **style.line(Regime.sharpening(), label="sharpening R = lp_ref, EOS ignored",
                                               marker="o", markersize=2))
     style.theory(ax, v["L"], v["independent"], label="Σ_t Var[log π_ref(y_t)] (tokens uncorrelated)", linestyle="--")
+    style.theory(ax, v["L"], v["lp_ref"][0] * v["L"], label="linear in T through T = 1", linestyle=":")
     ax.plot([v["eos_length"]], [v["eos_lp_ref"]], **style.line(Regime.sharpening(), label="sharpening, stopped at EOS "
                                                                 "(mean length)", marker="*", markersize=9, linestyle="none"))
     ax.plot(v["L"], np.full(len(v["L"]), v["task"]), **style.line(Regime.task_reward(),
                                                                    label=f"task reward p(1-p) = {v['task']:.3f}"))
     style.decorate(ax, "response length T (tokens)", "Var[R] across a prompt's samples",
-                   f"{step0['model']}: reward variance at step 0", xscale="log", yscale="log", legend="upper left")
+                   f"{step0['model']}: reward variance at step 0", xscale="log", yscale="log", legend=False)
     return style.log_ticks(ax, [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= v["L"][-1]])
 
 
@@ -243,7 +254,7 @@ def panel_lr_sweep(ax, results: Results, model: str):
         ax.plot(lrs, frac, **style.line(regime, marker="o", markersize=4,
                                         label=f"{style.label(regime)} ({'/'.join(map(str, counts))} runs)"))
     return style.decorate(ax, "learning rate (AdamW)", "fraction oscillating, collapsed or diverged",
-                          f"{model}: first {WINDOW} steps", xscale="log", ylim=(-0.03, 1.03), legend="center left")
+                          f"{model}: first {WINDOW} steps", xscale="log", ylim=(-0.03, 1.03), legend=False)
 
 
 def panel_lr_curves(ax, results: Results, model: str, key: str = "lp_ref/mean"):
@@ -267,7 +278,7 @@ def fig_llm_instability(results: Results, axes=None):
     """Per model: Var[R] vs length at step 0; unstable fraction vs lr; the sweep's lp_ref curves. [n_models, 3]."""
     models = results.models()
     if not models:
-        raise ValueError(f"no LLM results under {results.root}")
+        raise NoData(f"no LLM results under {results.root}")
     if axes is None:
         axes = style.axes(len(models), 3, squeeze=False)
     axes = np.reshape(axes, (len(models), 3))
@@ -279,7 +290,7 @@ def fig_llm_instability(results: Results, axes=None):
             _no_data(row[0], "no step0.json: python bench/llm_step0.py --config CONFIG --out DIR")
         panel_lr_sweep(row[1], results, model)
         panel_lr_curves(row[2], results, model)
-    return style.figure_legend(axes[:, 2:], ncol=3)
+    return style.figure_legend(axes, ncol=3)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -291,7 +302,7 @@ def fig_llm_results_table(results: Results, ax=None):
     """The results table of every model as an image (one table per model, stacked). Returns the axes."""
     models = results.models()
     if not models:
-        raise ValueError(f"no LLM results under {results.root}")
+        raise NoData(f"no LLM results under {results.root}")
     tables = [(m, table_rows(results, m)) for m in models]
     height = sum(0.25 * (len(rows) + 2) + 0.3 for _, rows in tables)
     axes = np.ravel(ax) if ax is not None else np.ravel(style.axes(len(tables), 1, squeeze=False,

@@ -32,6 +32,10 @@ from sharpening.figures import style
 from sharpening.figures.pass_at_k import EvalResult, read_eval
 from sharpening.objective import Regime
 
+class NoData(ValueError):
+    """The results hold nothing this figure draws (e.g. no training run yet): the figure is skipped, not failed."""
+
+
 WINDOW = 10  # steps judged by `stability` (the learning-rate sweep's run length)
 COLLAPSE_ENTROPY = 0.05  # nats per token, as toy.instability.COLLAPSE_ENTROPY
 GIVE_BACK = 0.5  # an oscillation gives back more than this share of the rise
@@ -113,6 +117,8 @@ class Results:
     def main_lr(self, model: str) -> float:
         """The learning rate of most of a model's runs: its main grid (the others form a learning-rate sweep)."""
         lrs = [r.lr for r in self.runs if r.model == model]
+        if not lrs:
+            return math.nan
         values, counts = np.unique(lrs, return_counts=True)
         return float(values[np.argmax(counts)])
 
@@ -125,8 +131,14 @@ class Results:
         return {c: sorted(rs, key=lambda r: r.seed) for c, rs in sorted(groups.items(), key=lambda kv: _order(kv[0]))}
 
     def base_eval(self, model: str) -> EvalResult | None:
-        matches = [b for b in self.base if b.model == model]
+        """The base model's evaluation at temperature 1 (pure sampling from pi_ref)."""
+        matches = [b for b in self.base if b.model == model and b.temperature == 1.0]
         return matches[0] if matches else None
+
+    def base_temperatures(self, model: str) -> list[EvalResult]:
+        """The base model evaluated at token-level temperatures other than 1, coldest last."""
+        return sorted((b for b in self.base if b.model == model and b.temperature != 1.0),
+                      key=lambda b: -b.temperature)
 
 
 def _order(c: Condition):
@@ -245,11 +257,13 @@ def _eval_value(result: EvalResult | None, metric: str, k: int):
 def table_rows(results: Results, model: str) -> list[list[str]]:
     """One row per evaluated condition of the model at its main lr (mean and range over seeds), base model first."""
     rows = []
-    base = results.base_eval(model)
-    if base is not None:
-        rows.append(["base model π_ref", "–", _mean_range([_eval_value(base, "pass@k", 1)]),
-                     _mean_range([_eval_value(base, "pass@k", 16)]), _mean_range([_eval_value(base, "maj@k", 16)]),
-                     _mean_range([base.mean_length], 1), "–", "–", "–"])
+    bases = [("base model π_ref", results.base_eval(model))]
+    bases += [(f"π_ref, token temperature {b.temperature:g}", b) for b in results.base_temperatures(model)]
+    for label, base in bases:
+        if base is not None:
+            rows.append([label, "–", _mean_range([_eval_value(base, "pass@k", 1)]),
+                         _mean_range([_eval_value(base, "pass@k", 16)]), _mean_range([_eval_value(base, "maj@k", 16)]),
+                         _mean_range([base.mean_length], 1), "–", "–", "–"])
     for c, runs in results.conditions(model, results.main_lr(model), evaluated=True).items():
         labels = [stability(r) for r in runs]
         rows.append([c.label, str(len(runs)),

@@ -37,6 +37,7 @@ class EvalResult:
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     model: str = ""
     lengths: dict[str, float] = field(default_factory=dict)  # mean response length (tokens) per data set
+    temperature: float = 1.0  # the sampling temperature of the evaluation
 
     @property
     def mean_length(self) -> float:
@@ -62,7 +63,8 @@ def read_eval(path) -> EvalResult:
         regime = None if data["regime"] is None else Regime(**data["regime"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: bad regime {data['regime']!r}: {err}") from err
-    result = EvalResult(str(path), str(data["run"]), regime, data.get("step"), model=str(data.get("model", "")))
+    result = EvalResult(str(path), str(data["run"]), regime, data.get("step"), model=str(data.get("model", "")),
+                        temperature=float(data.get("temperature") or 1.0))
     if not isinstance(data["datasets"], dict) or not data["datasets"]:
         raise ValueError(f"{path}: 'datasets' must be a non-empty {{name: results}} object")
     for name, scores in data["datasets"].items():
