@@ -174,7 +174,7 @@ def main(argv=None) -> int:
                 evaluate_base(t)
         resume = ["resume=true"] if state(run, runs_dir, results) == "partial" else []
         cmd = py + ["-m", "sharpening.cli", "llm", "train", "--config", str(base), *run.overrides, *extra,
-                    f"out_dir={runs_dir}", *resume]
+                    f"out_dir={_relative(runs_dir)}", *resume]
         elapsed = time.time() - start
         print(f"[{i}/{len(todo)}] {run.name}{' (resumed)' if resume else ''}; {elapsed / 60:.0f} min so far", flush=True)
         t, log = time.time(), runs_dir / f"{run.name}.log"
@@ -194,6 +194,12 @@ def main(argv=None) -> int:
         evaluate_base(t)
     print(f"grid session: {(time.time() - start) / 60:.1f} min; summary: {summary_path}")
     return 0
+
+
+def _relative(path: Path) -> str:
+    """path relative to the checkout when inside it (the saved config.yaml then names no local folder)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def eval_ks(n: int) -> list[int]:

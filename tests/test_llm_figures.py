@@ -200,3 +200,20 @@ def test_results_markdown_holds_the_mean_over_seeds_of_every_evaluated_condition
     for values in groups.values():
         cell = f"{statistics.fmean(values):.3f}" + ("" if len(values) == 1 else f" ({min(values):.3f}–{max(values):.3f})")
         assert any(f"| {len(values)} | {cell} |" in row for row in rows)
+
+
+@needs_results
+@pytest.mark.slow
+def test_make_figures_draws_theory_toy_and_llm_figures_from_the_committed_results(tmp_path, monkeypatch, capsys):
+    from sharpening.cli import main
+
+    monkeypatch.chdir(RESULTS.parents[1])  # a fresh clone's root: results/ is found there, no --runs given
+    assert main(["figures", "--out", str(tmp_path), "--quick"]) == 0
+    pngs = sorted(p.stem for p in tmp_path.glob("*.png"))
+    assert len(pngs) >= 8, capsys.readouterr().out
+    assert {"fixed_points", "training_curves", "llm_training_curves", "llm_pass_at_k", "llm_instability",
+            "llm_results"} <= set(pngs)
+    table = (tmp_path / "llm_results.md").read_text()
+    assert "| base model π_ref |" in table
+    index = (tmp_path / "README.md").read_text()
+    assert "![llm_pass_at_k](llm_pass_at_k.png)" in index and "Claims 4, 6 of the README's claims table" in index

@@ -93,8 +93,8 @@ def _pass_at_k(opt: Options):
     from sharpening.figures.pass_at_k import fig_pass_at_k, find_evals
 
     if opt.runs is None:
-        raise Skipped("draws every eval.json of a --runs DIR one by one (llm_pass_at_k draws the committed results "
-                      "by condition); `sharpening figures --only pass_at_k --runs runs`")
+        raise Skipped("no --runs DIR given (it draws each eval.json of a folder one by one; llm_pass_at_k draws the "
+                      "committed results by regime): `sharpening figures --only pass_at_k --runs runs`")
     evals = find_evals(opt.runs)
     if not evals:
         raise Skipped(f"no eval.json under --runs {opt.runs!r}; write one with `sharpening llm eval ... --out DIR`")

@@ -144,7 +144,7 @@ def panel_step0_scatter(ax, step0: dict):
         ax.plot(T[sel], lp[sel], linestyle="none", marker="o", markersize=2.5, alpha=0.5, color=colour,
                 label=f"π_ref sample, {name} ({sel.sum()})")
     return style.decorate(ax, "response length T (tokens)", "lp_ref (nats)",
-                          f"{step0['model']}: base samples at step 0", legend="lower left")
+                          f"{step0['model']}: base samples at step 0", legend=False)
 
 
 def panel_by_condition(ax, results: Results, model: str, value, ylabel: str, base_value=None, title: str = ""):
