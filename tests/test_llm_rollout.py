@@ -61,20 +61,24 @@ for _ in range(12):  # steps; the heap grows over the first few (measured: stead
     lin(x).square().sum().backward()
     lin.weight.grad = None  # freed, as zero_grad(set_to_none=True) does
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(max(faults[-4:]) if sys.argv[1] == "retain" else min(faults[-4:]))  # over the last 4 steps
+print(sum(faults[-4:]))  # over the last 4 steps: the heap's steady state
 """
 
 
 def test_retain_freed_memory_stops_page_faults_on_reallocation():
-    """In a fresh process, as in a training run: with glibc's defaults each step's 64 MiB gradient is a fresh
-    mmap whose 16,384 pages fault in again (every one of the last 4 of 12 steps); after the setting the freed
-    memory is reused: none of the last 4 steps faults."""
+    """In a fresh process, as in a training run: with the allocator's defaults each step's 64 MiB gradient is a
+    fresh mmap that faults in again (glibc here: 16,385 pages every one of the last 4 of 12 steps); after the
+    setting the freed memory is reused. Judged as a ratio against the default measured here, in the same test,
+    so the bound holds whatever the machine's page size or allocator thresholds: at most 1/10 of the faults
+    (measured here: 0 against 66,000-70,000)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     faults = {mode: subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, mode], capture_output=True, text=True,
                                    check=True, env=env).stdout.split()[-1] for mode in ("default", "retain")}
     if faults["retain"] == "unsupported":
         pytest.skip("not glibc, or LD_PRELOAD set")
-    assert int(faults["default"]) >= 16_000 and int(faults["retain"]) < 1_000, faults
+    if int(faults["default"]) == 0:
+        pytest.skip(f"the default allocator already reuses freed memory here: nothing to improve ({faults})")
+    assert int(faults["retain"]) <= 0.1 * int(faults["default"]), faults
 
 
 # -- on the real SmolLM2 -------------------------------------------------------------------------------

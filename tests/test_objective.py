@@ -9,6 +9,7 @@ import torch
 from sharpening.objective import (
     MODES,
     NORMALIZATIONS,
+    PRESETS,
     Regime,
     pg_loss,
     rloo_advantages,
@@ -207,6 +208,86 @@ def test_bad_mode_and_normalization_list_the_choices():
         Regime.preset("ppo")
 
 
+# --- one way to read a regime (issue 13, section 3) ----------------------------------------------------------
+
+def test_every_preset_round_trips_through_its_dict_and_its_spec():
+    for name in PRESETS:
+        params = {"tempered": {"alpha": 2}, "tilted": {"alpha": 2, "beta_inv": 100}}.get(name, {})
+        regime = Regime.from_spec({"preset": name, **params})
+        assert Regime.from_spec(regime.to_dict()) == regime and Regime.from_spec(regime) is regime
+        if not params:
+            assert Regime.from_spec(name) == regime == Regime.preset(name)
+
+
+@pytest.mark.parametrize("spec, message", [
+    # formerly: the toy CLI replaced the field, and `tilted` with beta_inv 0 silently became `tempered`
+    ({"preset": "tilted", "alpha": 2, "beta_inv": 0}, "preset 'tilted' needs beta_inv > 0, got beta_inv=0"),
+    # formerly: Regime.preset passed the parameter on and Regime.task_reward() raised a TypeError
+    ({"preset": "task_reward", "alpha": 2}, "preset 'task_reward' does not take alpha; it takes no parameters"),
+    ({"preset": "tempered", "alpha": 2, "beta_inv": 1},
+     "does not take beta_inv; it takes alpha (required), normalization (default 'sum'), weight (default 1.0)"),
+    # formerly: a bare `regime: tempered` raised a TypeError from Regime.tempered()
+    ("tempered", "preset 'tempered' needs alpha; it takes alpha (required)"),
+    ({"preset": "tilted", "alpha": 2}, "preset 'tilted' needs beta_inv"),
+    ({"preset": "random_reward", "alpha": 1}, "does not take alpha; it takes p (default 0.5)"),
+    ({"alpha": 2}, "no `preset` and no `mode`"),
+    ({"mode": "sampling", "gamma": 1}, "unknown key(s) ['gamma']"),
+    (["tempered"], "must be a preset name"),
+    ("greedy", "unknown regime preset 'greedy'; choose one of ['task_reward', 'sharpening', 'tempered', 'tilted', "
+               "'self_likelihood', 'neg_entropy', 'self_certainty', 'majority_vote', 'random_reward']"),
+])
+def test_from_spec_is_strict_and_names_what_the_preset_takes(spec, message):
+    with pytest.raises(ValueError) as err:
+        Regime.from_spec(spec)
+    assert message in str(err.value)
+
+
+def test_presets_take_normalization_and_weight():
+    assert Regime.from_spec({"preset": "tempered", "alpha": 2, "normalization": "weighted_mean", "weight": 0.5}) == \
+        Regime("sampling", 2.0, 0.0, "weighted_mean", 0.5)
+    assert Regime.tilted(2, 100, "mean") == Regime("sampling", 2.0, 100.0, "mean")
+    assert Regime.sharpening("weighted_mean", 0.25) == Regime("optimization", 1.0, 0.0, "weighted_mean", 0.25)
+
+
+@pytest.mark.parametrize("regime, name", [
+    (Regime.task_reward(), "task_reward"),
+    (Regime("none"), "task_reward"),  # R = r: the same regime, the same name
+    (Regime("optimization", 0.0, 3.0), "task_reward"),
+    (Regime.sharpening(), "sharpening"),
+    (Regime.sharpening("mean"), "sharpening N=mean"),
+    (Regime.sharpening("weighted_mean", 0.5), "sharpening N=weighted_mean w=0.5"),
+    (Regime("optimization", 2.0, 0.0), "sharpening a=2"),
+    (Regime.tempered(2), "tempered a=2"),
+    (Regime.tilted(0.5, 1e4), "tilted a=0.5 b=10000"),
+    (Regime("optimization", 0.5, 1.0), "mixed a=0.5 b=1"),
+    (Regime.preset("self_likelihood"), "self_likelihood"),
+    (Regime.preset("self_likelihood", normalization="mean"), "self_likelihood N=mean"),
+    (Regime.preset("neg_entropy"), "neg_entropy"),
+    (Regime.preset("self_certainty", normalization="sum"), "self_certainty N=sum"),
+    (Regime.preset("majority_vote"), "majority_vote"),
+    (Regime.preset("random_reward", p=0.3), "random_reward p=0.3"),
+    (Regime("sampling", 2.0, 100.0, reward="majority_vote"), "tilted a=2 b=100 r=majority_vote"),
+    (Regime("optimization", 0.1, 1.0, "mean", likelihood="self_certainty"), "mixed a=0.1 b=1 N=mean L=self_certainty"),
+])
+def test_one_short_name_per_regime(regime, name):
+    assert regime.name == name
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(mode="optimization", alpha=1.0, beta_inv=0.0, reward="majority_vote"), "needs r in R"),
+    (dict(mode="sampling", alpha=2.0, likelihood="self"), "needs mode 'optimization' with alpha > 0"),
+    (dict(mode="optimization", alpha=0.0, beta_inv=1.0, likelihood="neg_entropy"), "needs mode 'optimization'"),
+    (dict(mode="optimization", alpha=0.0, beta_inv=1.0, p=0.2), "only used by reward='random'"),
+    (dict(mode="optimization", alpha=0.0, beta_inv=1.0, reward="random", p=1.5), "must be in [0, 1]"),
+    (dict(mode="optimization", alpha=0.0, beta_inv=1.0, reward="vote"), "Regime.reward='vote' is not one of"),
+    (dict(mode="optimization", alpha=1.0, likelihood="entropy"), "Regime.likelihood='entropy' is not one of"),
+])
+def test_a_field_that_would_be_ignored_is_an_error(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        Regime(**kwargs)
+    assert message in str(err.value)
+
+
 def test_presets_are_the_designs_tuples():
     fields = lambda g: (g.mode, g.alpha, g.beta_inv, g.normalization)  # noqa: E731
     assert fields(Regime.task_reward()) == ("optimization", 0.0, 1.0, "sum")
@@ -216,7 +297,7 @@ def test_presets_are_the_designs_tuples():
         for b in (100, 1e4):
             assert fields(Regime.tilted(a, b)) == ("sampling", a, b, "sum")
     assert Regime.preset("tilted", alpha=2, beta_inv=100) == Regime("sampling", 2.0, 100.0)
-    assert Regime.task_reward().name == "task reward" and Regime.sharpening().name == "sharpening"
+    assert Regime.task_reward().name == "task_reward" and Regime.sharpening().name == "sharpening"
 
 
 def test_numbers_are_stored_as_floats():
@@ -228,6 +309,10 @@ def test_what_each_regime_needs():
     assert not Regime.task_reward().needs_lp_ref and not Regime.task_reward().needs_lp_old
     assert Regime.sharpening().needs_lp_ref and not Regime.sharpening().needs_lp_old
     assert Regime.tempered(2).needs_lp_ref and Regime.tempered(2).needs_lp_old
+    needs = lambda g: (g.needs_lp_ref, g.needs_lp_old, g.needs_certainty)  # noqa: E731
+    assert needs(Regime.preset("self_likelihood")) == (False, True, False)
+    assert needs(Regime.preset("neg_entropy")) == needs(Regime.preset("self_certainty")) == (False, False, True)
+    assert needs(Regime.preset("majority_vote")) == needs(Regime.preset("random_reward")) == (False, False, False)
     # R = r needs neither, so None is accepted
     np.testing.assert_allclose(shaped_reward(Regime("none"), r), r)
 

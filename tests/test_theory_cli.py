@@ -61,15 +61,33 @@ def test_fixed_point_custom_and_presets(capsys):
     assert code == 0 and [row[-1] for row in rows(out)] == [0.0, 1.0]
 
 
+def test_fixed_point_of_the_signals(capsys):
+    # answers: y0 is answer 1 (0.4), y1 and y2 are answer 0 (0.3 + 0.3): the majority answer is not the mode y0
+    base = ["fixed-point", "--pi-ref", "0.4,0.3,0.3", "--reward", "0,1,1", "--answers", "1,0,0"]
+    code, out, _ = run(capsys, *base, "--regime", "majority_vote")
+    assert code == 0 and [row[-1] for row in rows(out)] == [0.0, 0.5, 0.5]
+    code, out, _ = run(capsys, *base, "--regime", "self_likelihood")  # entropy minimization: the mode y0
+    assert code == 0 and [row[-1] for row in rows(out)] == [1.0, 0.0, 0.0]
+    code, out, _ = run(capsys, *base, "--regime", "random_reward", "--p", "0.3")  # zero expected update: pi_ref
+    assert code == 0 and [row[-1] for row in rows(out)] == pytest.approx([0.4, 0.3, 0.3])
+    assert "fixed point of random_reward p=0.3" in out
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--pi-ref", "0.5,0.5", "--reward", "0,1,1"], "--reward has 3 values but the reference has 2"),
     (["--pi-ref", "0.5,0.5", "--reward", "0,1", "--regime", "tempered", "--alpha", "-1"], "Regime.alpha=-1.0"),
     (["--pi-ref", "0.5,0.5", "--reward", "0,1", "--lengths", "1,2,3", "--regime", "sharpening"],
      "--lengths has 3 values"),
-    (["--pi-ref", "0.5,0.5", "--reward", "0,1", "--regime", "tempered"], "needs --alpha"),
+    (["--pi-ref", "0.5,0.5", "--reward", "0,1", "--regime", "tempered"], "preset 'tempered' needs alpha"),
     (["--pi-ref", "0.5,0.5", "--reward", "0,1", "--regime", "tempered", "--alpha", "2", "--beta-inv", "1"],
-     "--beta-inv not used by --regime tempered"),
-    (["--pi-ref", "0.5,0.5", "--reward", "0,1", "--regime", "tilted", "--alpha", "2"], "needs --beta-inv > 0"),
+     "preset 'tempered' does not take beta_inv; it takes alpha (required), normalization"),
+    (["--pi-ref", "0.5,0.5", "--reward", "0,1", "--regime", "tilted", "--alpha", "2"], "preset 'tilted' needs beta_inv"),
+    (["--pi-ref", "0.5,0.5", "--reward", "0,1", "--regime", "tilted", "--alpha", "2", "--beta-inv", "0"],
+     "needs beta_inv > 0"),
+    (["--pi-ref", "0.5,0.5", "--reward", "0,1", "--regime", "sharpening", "--mode", "sampling"],
+     "preset 'sharpening' does not take mode"),
+    (["--pi-ref", "0.5,0.5", "--reward", "0,1", "--regime", "majority_vote"], "needs the answer id of every output"),
+    (["--pi-ref", "0.5,0.5", "--reward", "0,1", "--lengths", "1,2", "--regime", "neg_entropy"], "no closed form"),
     (["--pi-ref", "0.5,0.5", "--reward", "0,1"], "--regime custom needs --mode"),
     (["--pi-ref", "0.5,-0.5", "--reward", "0,1", "--regime", "sharpening"], "negative probability"),
 ])
@@ -111,7 +129,7 @@ def test_snr_table(capsys):
     assert code == 0
     # task reward, T = 1, G = 2, p = 1/2: g = (A_1 / 2)(s_1 - s_2) is (1/2, -1/2) when the two answers differ
     # (probability 1/2), else 0: ||E g||^2 = 1/8 = E||g||^2 - ||E g||^2, so SNR = 1
-    assert labelled_row(out, "task reward")[0] == pytest.approx(1.0)
+    assert labelled_row(out, "task_reward")[0] == pytest.approx(1.0)
     code, out, err = run(capsys, "snr", "--G", "1")
     assert code == 2 and out == "" and "G=1 must be an integer >= 2" in err
 

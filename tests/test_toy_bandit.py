@@ -138,7 +138,7 @@ def test_cli_bandit_writes_summary_plot_and_metrics(tmp_path, capsys):
     assert _toy_cli(["toy", "bandit", "--regime", "tempered", "--alpha", "2", "--steps", "4", "--seeds", "2",
                      "--plot", str(plot), "--metrics", str(metrics)]) == 0
     out = capsys.readouterr().out
-    assert "sampling a=2 b=0 sum" in out and "tv_to_fixed_point" in out
+    assert "tempered a=2  (sampled" in out and "tv_to_fixed_point" in out
     assert plot.stat().st_size > 0
     lines = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert [x["step"] for x in lines] == [0, 1, 2, 3, 4]
@@ -149,7 +149,23 @@ def test_cli_bandit_writes_summary_plot_and_metrics(tmp_path, capsys):
     (["--regime", "custom"], "needs --mode"),
     (["--regime", "tempered", "--alpha", "-1"], "alpha=-1"),
     (["--K", "2"], "K=2"),
+    # formerly a flag replaced the preset's field: tilted with --beta-inv 0 silently ran tempered
+    (["--regime", "tilted", "--alpha", "2", "--beta-inv", "0"], "preset 'tilted' needs beta_inv > 0"),
+    (["--regime", "tempered"], "preset 'tempered' needs alpha"),  # formerly a hidden default alpha = 2
+    (["--regime", "task_reward", "--alpha", "1"], "preset 'task_reward' does not take alpha"),
+    (["--regime", "sharpening", "--mode", "sampling"], "preset 'sharpening' does not take mode"),
+    (["--regime", "majority_vote", "--p", "0.3"], "preset 'majority_vote' does not take p"),
 ])
 def test_cli_bad_input_names_the_value(argv, message):
     with pytest.raises(SystemExit, match=message):
         _toy_cli(["toy", "bandit", "--steps", "1", *argv])
+
+
+@pytest.mark.parametrize("toy", ["bandit", "sequence"])
+@pytest.mark.parametrize("preset", ["self_likelihood", "neg_entropy", "self_certainty", "majority_vote",
+                                    "random_reward"])
+def test_cli_runs_every_label_free_preset(capsys, toy, preset):
+    size = ["--L", "3"] if toy == "sequence" else []
+    assert _toy_cli(["toy", toy, "--regime", preset, "--steps", "3", "--seeds", "2", *size]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{preset}  (sampled") and "tv_to_fixed_point" in out

@@ -25,6 +25,8 @@ def _history(tv, entropy=1.0, task_reward=1.0, max_logit=1.0):
     (_history([0.5, 0.3, 0.9], entropy=[1.0, 0.5, 0.01], task_reward=[0.5, 0.2, 0.0]), "collapsed"),
     (_history([0.5, np.nan, np.nan]), "diverged"),
     (_history([0.5, 0.4, 0.3], max_logit=[1.0, 10.0, 2e3]), "diverged"),
+    (_history([np.nan, np.nan, np.nan]), "unknown"),  # no closed-form fixed point: no distance to measure
+    (_history([np.nan, np.nan, np.nan], max_logit=[1.0, 1.0, np.inf]), "diverged"),
 ])
 def test_classify_by_hand(history, label):
     assert classify(history, tol=1e-2)[0] == label

@@ -89,6 +89,13 @@ def _theory_vs_simulation(opt: Options):
     return fig_theory_vs_simulation(quick=opt.quick, seed=opt.seed)
 
 
+def _signals(opt: Options):
+    from sharpening.figures.signals import fig_signals, train_signals
+
+    settings = dict(steps=60, seeds=4) if opt.quick else dict(steps=300, seeds=16)
+    return fig_signals(train_signals(seed=opt.seed, **settings), seed=opt.seed)
+
+
 def _pass_at_k(opt: Options):
     from sharpening.figures.pass_at_k import fig_pass_at_k, find_evals
 
@@ -149,6 +156,9 @@ FIGURES = (
     Figure("llm_results", "The LLM results table (also llm_results.md): held-out pass@1, pass@16, maj@16, length, "
            "final training reward and lp_ref, unstable runs, per regime.", _llm("llm_results_table"),
            claim="1-6", markdown=_llm_results_markdown),
+    Figure("signals", "Where the label-free signals end on the toys whose most likely output is wrong but whose most "
+           "likely answer is right: mass on correct answers and on π_ref's mode after training, per seed, with the "
+           "exact dynamics and the closed-form fixed point.", _signals, claim="7"),
     Figure("pass_at_k", "pass@k and maj@k (k = 1..n) of each evaluated LLM run of a --runs DIR, one curve per "
            "eval.json.", _pass_at_k, claim="6"),
 )

@@ -60,7 +60,7 @@ def read_eval(path) -> EvalResult:
         if key not in data:
             raise ValueError(f"{path}: missing key {key!r}; an eval.json has run, regime, model, n, step, datasets")
     try:
-        regime = None if data["regime"] is None else Regime(**data["regime"])
+        regime = None if data["regime"] is None else Regime.from_spec(data["regime"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: bad regime {data['regime']!r}: {err}") from err
     result = EvalResult(str(path), str(data["run"]), regime, data.get("step"), model=str(data.get("model", "")),

@@ -20,13 +20,19 @@ import numpy as np  # noqa: E402
 from sharpening.atomic import atomic_path as atomic  # noqa: E402
 from sharpening.objective import Regime  # noqa: E402
 
-# Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
+# Okabe-Ito colours (distinguishable with the common colour-vision deficiencies) for the paper's regimes; Paul
+# Tol's muted ones for the label-free signals. Keys: the regime families of Regime.family, typeset.
 COLORS = {
     "task reward": "#0072B2",  # blue
     "sharpening": "#D55E00",  # vermillion
     "tempered": "#009E73",  # green
     "tilted": "#CC79A7",  # reddish purple
     "mixed": "#E69F00",  # orange: optimization with both alpha > 0 and beta_inv > 0
+    "self likelihood": "#882255",  # wine: entropy minimization, sharpening's sibling
+    "neg entropy": "#AA4499",  # purple
+    "self certainty": "#999933",  # olive
+    "majority vote": "#56B4E9",  # sky blue: a pseudo-label, the task reward's sibling
+    "random reward": "#9A9A9A",  # light grey
     "base": "#555555",  # grey: the reference model pi_ref itself
     "theory": "#000000",  # black: closed-form predictions drawn over measurements
 }
@@ -57,34 +63,30 @@ LEGEND_ROW = 0.2  # inches of figure height per row of a figure-wide legend
 
 
 def family(regime: Regime | None) -> str:
-    """The regime's family name: task reward, sharpening, tempered, tilted, mixed, or base (None)."""
-    if regime is None:
-        return "base"
-    if regime.mode == "none" or (regime.mode == "optimization" and regime.alpha == 0):
-        return "task reward"
-    if regime.mode == "optimization":
-        return "sharpening" if regime.beta_inv == 0 else "mixed"
-    return "tempered" if regime.beta_inv == 0 else "tilted"
+    """The regime's family (Regime.family, typeset: 'task reward', 'sharpening', 'majority vote', ...), or base (None)."""
+    return "base" if regime is None else regime.family.replace("_", " ")
+
+
+# How Regime.name's parameters are typeset in a legend.
+_TYPESET = {"a": "α", "b": "β⁻¹"}
+_OMIT = {"alpha": "a", "beta_inv": "b"}
 
 
 def label(regime: Regime | None, omit: tuple[str, ...] = ()) -> str:
-    """A legend entry naming the regime and its parameters, e.g. 'tilted α=2, β⁻¹=100'.
+    """A legend entry: Regime.name typeset, e.g. 'tilted α=2, β⁻¹=100' for 'tilted a=2 b=100'.
 
     omit: parameters not to print because they vary along an axis ("alpha", "beta_inv").
     """
-    name = family(regime)
-    if name in ("base", "task reward") or (name == "sharpening" and regime == Regime.sharpening()):
-        return "base model π_ref" if name == "base" else name
-    if name == "sharpening":
-        name = "optimization"  # alpha != 1 or another normalization: no longer the paper's preset
-    params = []
-    if "alpha" not in omit:
-        params.append(f"α={regime.alpha:g}")
-    if "beta_inv" not in omit and name in ("tilted", "mixed"):
-        params.append(f"β⁻¹={regime.beta_inv:g}")
-    if regime.normalization != "sum":
-        params.append(f"N={regime.normalization}")
-    return f"{name} {', '.join(params)}".strip()
+    if regime is None:
+        return "base model π_ref"
+    name, *params = regime.name.split(" ")
+    skip = {_OMIT[k] for k in omit}
+    shown = []
+    for param in params:
+        key, value = param.split("=", 1)
+        if key not in skip:
+            shown.append(f"{_TYPESET.get(key, key)}={value}")
+    return f"{name.replace('_', ' ')} {', '.join(shown)}".strip()
 
 
 def line(regime: Regime | None = None, omit: tuple[str, ...] = (), **overrides) -> dict:

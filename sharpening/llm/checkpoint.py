@@ -5,31 +5,45 @@
                                        sharded/ (multi-GPU runs): every rank's shard of the weights and
                                        of the optimizer state (torch.distributed.checkpoint); the
                                        optimizer in trainer_state.pt is then None
+                                       checksums.sha256: the sha256 of every other file (`sha256sum -c`)
 
 A checkpoint is written into a temp folder next to its final place and renamed when complete, so a run
-killed mid-save leaves either the previous checkpoints or the new one, never half of one. Resuming loads
-the newest checkpoint and cuts metrics.jsonl back to the lines of steps <= its step: the steps after it are
-run (and logged) again, exactly once.
+killed mid-save leaves either the previous checkpoints or the new one, never half of one (the temp folder
+it leaves is removed on the next start). Resuming loads the newest checkpoint that is intact (every file
+matches its checksum and loads), warning about each newer damaged one, and cuts metrics.jsonl back to the
+lines of steps <= its step: the steps after it are run (and logged) again, exactly once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import re
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sharpening.cli import first_line
 from sharpening.llm.config import write_atomic
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.pt"
 SHARDED_DIR = "sharded"
+MANIFEST = "checksums.sha256"
+STAGING_PREFIX = ".tmp-step_"  # the temp folders a save writes into before the rename
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A run cannot resume: it has checkpoints, and none of them is intact."""
 
 
 def checkpoint_dirs(run_dir) -> list[Path]:
@@ -72,13 +86,14 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, extra=None,
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step_{step:06d}"
-    tmp = Path(staging) if staging is not None else Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-step_{step:06d}-"))
+    tmp = Path(staging if staging is not None else tempfile.mkdtemp(dir=root, prefix=f"{STAGING_PREFIX}{step:06d}-"))
     try:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         state = {"step": step, "optimizer": None if optimizer is None else optimizer.state_dict(),
                  "rng": rng_states(), **(extra or {})}
         torch.save(state, tmp / STATE_FILE)
+        write_manifest(tmp)  # inside the folder before the rename: a checkpoint in place always has its checksums
         if target.exists():  # a re-run of the same step after a resume: the new one replaces it
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -105,9 +120,82 @@ def load_checkpoint(path, model, optimizer) -> dict:
     return state
 
 
+def load_latest_intact(run_dir, model, optimizer) -> dict | None:
+    """Load the newest intact checkpoint of a run (load_checkpoint); its state dict, with "path" added, or None
+    if the run has no checkpoint. A damaged checkpoint (a file that fails its checksum or does not load) is
+    skipped with a one-line warning; CheckpointError if every checkpoint is damaged, saying why each is."""
+    damaged = []
+    for path in reversed(checkpoint_dirs(run_dir)):
+        reason = verify_checkpoint(path)
+        if reason is None:
+            try:
+                return {**load_checkpoint(path, model, optimizer), "path": path}
+            except Exception as err:  # noqa: BLE001  (a truncated file fails in safetensors, zipfile, pickle...)
+                reason = f"{type(err).__name__}: {first_line(err)}"
+        damaged.append(f"{path.name}: {reason}")
+        log.warning("checkpoint %s is damaged (%s); trying the one before it", path, reason)
+    if damaged:
+        raise CheckpointError(f"cannot resume {str(run_dir)!r}: no checkpoint is intact ({'; '.join(damaged)}); "
+                              "delete its checkpoints folder to restart the run from step 0, or choose another "
+                              "run_name")
+    return None
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hash_files(folder: Path, names: list[str]) -> list[str]:
+    """sha256 of each file, in threads (hashlib releases the GIL: the shards of a sharded checkpoint in parallel)."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1, max(len(names), 1))) as pool:
+        return list(pool.map(lambda name: file_sha256(folder / name), names))
+
+
+def write_manifest(folder) -> None:
+    """folder/checksums.sha256: one `<sha256>  <relative path>` line per file (the format `sha256sum -c` reads)."""
+    folder = Path(folder)
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    lines = [f"{digest}  {name}\n" for digest, name in zip(_hash_files(folder, names), names)]
+    write_atomic(folder / MANIFEST, "".join(lines))
+
+
+def verify_checkpoint(folder) -> str | None:
+    """Why a checkpoint folder is damaged (a listed file missing, or its bytes changed since the save), or None
+    if every file matches its checksum. A checkpoint written before the manifest existed is not checked."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        return None
+    expected = {}
+    for line in (folder / MANIFEST).read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        if len(digest) != 64 or not name:
+            return f"{MANIFEST} is damaged (a line reads {line[:80]!r})"
+        expected[name] = digest
+    missing = [name for name in expected if not (folder / name).is_file()]
+    if missing:
+        return f"{missing[0]} is missing"
+    names = sorted(expected)
+    bad = [name for name, digest in zip(names, _hash_files(folder, names)) if digest != expected[name]]
+    return f"{bad[0]} does not match its checksum (changed or cut short after the save)" if bad else None
+
+
+def remove_stale_staging(run_dir) -> list[Path]:
+    """Delete the temp folders that saves killed mid-write left in run_dir/checkpoints; returns them. Only while
+    nothing saves into this run (at its start)."""
+    root = Path(run_dir) / "checkpoints"
+    stale = sorted(p for p in root.glob(f"{STAGING_PREFIX}*") if p.is_dir()) if root.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 def staging_dir(run_dir, step: int) -> Path:
     """The temp folder of a multi-rank checkpoint: the same path on every rank, so each can write its shard."""
-    return Path(run_dir) / "checkpoints" / f".tmp-step_{step:06d}-ranks"
+    return Path(run_dir) / "checkpoints" / f"{STAGING_PREFIX}{step:06d}-ranks"
 
 
 def save_sharded(folder, model, optimizer) -> None:
@@ -150,11 +238,22 @@ def load_weights(model, folder) -> None:
 
 
 def truncate_metrics(path, step: int) -> int:
-    """Keep the metrics lines of steps <= step (atomically); returns how many lines were dropped."""
+    """Keep the metrics lines of steps <= step (atomically); returns how many lines were dropped. A last line cut
+    short by a kill mid-write is dropped with a warning; a damaged line before it is an error naming it."""
     path = Path(path)
     if not path.exists():
         return 0
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [line for line in lines if json.loads(line)["step"] <= step]
+    total, steps = len(lines), []
+    for i, line in enumerate(lines):
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}:{i + 1} is not a metrics line ({type(err).__name__}: {err}); only the last "
+                                 "line may be cut short by a kill") from None
+            log.warning("%s: dropped its last line, cut short by a kill mid-write: %r", path, line[:80])
+            lines = lines[:-1]
+    keep = [line for line, s in zip(lines, steps) if s <= step]
     write_atomic(path, "".join(line + "\n" for line in keep))
-    return len(lines) - len(keep)
+    return total - len(keep)

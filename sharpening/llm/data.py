@@ -1,7 +1,7 @@
 """Math problems: the bundled benchmarks (JSONL), Hugging Face datasets, a synthetic arithmetic task, and the
 paper's prompt.
 
-    load_problems("math500")                 a bundled benchmark, under $SHARPENING_DATA or ../shared/data
+    load_problems("math500")                 a bundled benchmark: package data (sharpening/data), or $SHARPENING_DATA
     load_problems("path/to/file.jsonl")      any JSONL with the fields id, problem, answer
     load_problems("synthetic:add", seed=1)   arithmetic with exact answers (synthetic:<task>[:<digits>])
     load_problems("HuggingFaceH4/MATH-500")  a Hugging Face dataset (needs `datasets` and its local cache)
@@ -15,12 +15,18 @@ import os
 import random
 import zlib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
+# The authors' prompt exactly as their model sees it: examples/prompts/cot.txt of sarthmit/dist_sharpening holds
+# `\\boxed{{}}` (two backslashes) and goes through str.format, which undoubles the braces, not the backslashes.
 PAPER_TEMPLATE = (
-    "Think step-by-step to solve the following problem. Output your answer inside of \\boxed{} tags.:\n"
+    "Think step-by-step to solve the following problem. Output your answer inside of \\\\boxed{} tags.:\n"
     "{problem}\n\nLet's think step-by-step"
 )
+# The same words with the LaTeX command as LaTeX writes it (one backslash; two read as a line break `\\` then
+# "boxed{}"): for new work, where matching the authors' exact prompt is not the point.
+PAPER_TEX_TEMPLATE = PAPER_TEMPLATE.replace("\\\\boxed", "\\boxed")
 # Two worked two-digit additions, each answered by the sum restated with its value in the box. With it (and the
 # prefill \boxed{) SmolLM2-135M writes `\boxed{59 + 63 = 122}`: held-out pass@1 ~0.25 on synthetic:add:2, where
 # "plain" gets ~0.02 (measured; docs/llm_evidence.md). A correct answer this way takes 12 tokens or more.
@@ -28,7 +34,8 @@ WORKED_SUM_TEMPLATE = ("What is 12 + 35?\n\\boxed{12 + 35 = 47}\n\nWhat is 26 + 
                        "{problem}")
 # Named templates; any other string with a {problem} placeholder is a template of its own. "plain" (the bare
 # question) is what SmolLM2-135M can partly solve: with the paper's prompt it scores 0% on a + b (measured).
-TEMPLATES = {"paper": PAPER_TEMPLATE, "plain": "{problem}", "worked_sum": WORKED_SUM_TEMPLATE}
+TEMPLATES = {"paper": PAPER_TEMPLATE, "paper_tex": PAPER_TEX_TEMPLATE, "plain": "{problem}",
+             "worked_sum": WORKED_SUM_TEMPLATE}
 
 BENCHMARKS = ("math500", "minerva_math", "aime24", "aime25", "hmmt25", "amc23", "gsm8k_test", "math_train")
 SYNTHETIC_TASKS = ("add", "sub", "mul", "add_sub", "add3")
@@ -44,10 +51,11 @@ class Problem:
 
 
 def data_dir() -> Path:
-    """Where the bundled benchmarks live: $SHARPENING_DATA, else ../shared/data next to the repository."""
+    """Where the bundled benchmarks live: $SHARPENING_DATA if set, else the package's own sharpening/data (package
+    data: there in a clone and in an installed wheel alike; sources, licences and checksums in its README.md)."""
     if "SHARPENING_DATA" in os.environ:
         return Path(os.environ["SHARPENING_DATA"])
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
+    return Path(str(resources.files("sharpening") / "data"))
 
 
 def load_problems(source: str, split: str = "test", limit: int | None = None, seed: int | None = None) -> list[Problem]:
@@ -84,8 +92,7 @@ def load_problems(source: str, split: str = "test", limit: int | None = None, se
 
 def _read_jsonl(path: Path, source: str) -> list[Problem]:
     if not path.is_file():
-        hint = f" (set SHARPENING_DATA to the folder with {path.name})" if source in BENCHMARKS else ""
-        raise ValueError(f"problem file {str(path)!r} does not exist{hint}")
+        raise ValueError(f"problem file {str(path)!r} does not exist{_missing_hint(path, source)}")
     problems = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -98,6 +105,17 @@ def _read_jsonl(path: Path, source: str) -> list[Problem]:
             problems.append(_problem_from_row(row, f"{path}:{line_no}", default_id=f"{source}/{line_no - 1}",
                                               source=source))
     return problems
+
+
+def _missing_hint(path: Path, source: str) -> str:
+    """How to get a missing file: a bundled benchmark ships with the package, unless $SHARPENING_DATA points away."""
+    if source not in BENCHMARKS:
+        return ""
+    if "SHARPENING_DATA" in os.environ:
+        return (f"; SHARPENING_DATA={os.environ['SHARPENING_DATA']!r} must be a folder holding {path.name} "
+                "(unset it to use the copy shipped in sharpening/data)")
+    return (f"; it ships in the package's sharpening/data folder: reinstall the package (pip install -e . from a "
+            f"clone), or set SHARPENING_DATA to a folder holding {path.name}")
 
 
 def _problem_from_row(row: dict, where: str, default_id: str, source: str) -> Problem:

@@ -1,303 +1,26 @@
-"""Multi-GPU plan: who holds which sequences, how big a micro-batch is, and what fits in memory.
+"""The multi-process runtime: this process's ranks, the exact global token-mean, and the wrapped model's needs.
 
-One optimizer step of the paper consumes a global batch of prompts_per_step x G sequences
-(32 x 8 = 256 for the 3B models, 64 x 8 = 512 for Qwen3-4B). With W data-parallel ranks:
+The plan (what fits, how long it takes, the dry run) is in sharpening.llm.gpu_plan; this module is what runs.
 
-    prompts per rank     = prompts_per_step / W          (a prompt's G samples stay on one rank: RLOO is local)
-    sequences per rank   = prompts per rank x G
-    accumulation steps   = ceil(sequences per rank / micro_batch_size)
+One optimizer step consumes prompts_per_step x G sequences; each of W data-parallel ranks takes
+prompts_per_step / W whole prompt groups (RLOO stays local) and splits its sequences into micro-batches.
+The loss stays the token-mean over the GLOBAL batch however it is split: every micro-batch's `pg_loss` (a
+mean over its own n_mb tokens) is rescaled by n_mb * W / n_global, where n_global is the all-reduced token
+count of the whole step, because gradients are summed over micro-batches and averaged over ranks (DDP and
+FSDP divide by W).
 
-The loss stays the token-mean over the GLOBAL batch however it is split: every micro-batch's
-`pg_loss` (a mean over its own n_mb tokens) is rescaled by n_mb * W / n_global, where n_global is
-the all-reduced token count of the whole step, because gradients are summed over micro-batches and
-averaged over ranks (DDP / FSDP divide by W).
-
-Training runs under FSDP (torch's, driven by `accelerate launch`, configs/accelerate/fsdp_*gpu.yaml)
-with bf16 compute and activation checkpointing; rollouts are data-parallel, one colocated vLLM engine
-per rank (sharpening.llm.vllm_engine). Nothing here imports vLLM; the plan arithmetic and the memory
-and time estimates are pure Python so that `--dry-run` works without weights or GPUs.
+`Ranks.from_env()` builds accelerate's `Accelerator` whenever the process was started by `accelerate launch`
+(on any number of GPUs, 1 included: the FSDP2 configs then shard over one rank) or by torchrun with several
+ranks; a plain `python -m sharpening.cli ...` runs without it.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-GiB = 2**30
-
-# ---------------------------------------------------------------------------------------------------
-# Model shapes. Dense Llama/Qwen decoders, from each model's config.json on the Hugging Face hub
-# (copied here so that the dry run needs no download).
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """The shapes of a dense decoder-only transformer (Llama / Qwen2 / Qwen3 family)."""
-
-    vocab: int
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    tied_embeddings: bool = True
-    qkv_bias: bool = False  # Qwen2 has biases on q, k, v
-    qk_norm: bool = False  # Qwen3 normalizes q and k per head
-
-    @property
-    def params_per_layer(self) -> int:
-        h, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
-        attention = h * q + 2 * h * kv + q * h + (q + 2 * kv if self.qkv_bias else 0)
-        mlp = 3 * h * self.intermediate  # gate, up, down
-        norms = 2 * h + (2 * self.head_dim if self.qk_norm else 0)
-        return attention + mlp + norms
-
-    @property
-    def params(self) -> int:
-        """P: every weight, embeddings counted once when tied to the LM head."""
-        embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
-        return embeddings + self.layers * self.params_per_layer + self.hidden  # + final norm
-
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """K and V of every layer for one token, bf16."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * 2
-
-
-MODEL_SPECS = {
-    "meta-llama/Llama-3.2-3B-Instruct": ModelSpec(128256, 3072, 28, 24, 8, 128, 8192),
-    "Qwen/Qwen2.5-3B-Instruct": ModelSpec(151936, 2048, 36, 16, 2, 128, 11008, qkv_bias=True),
-    "Qwen/Qwen3-4B-Instruct-2507": ModelSpec(151936, 2560, 36, 32, 8, 128, 9728, qk_norm=True),
-    "HuggingFaceTB/SmolLM2-135M-Instruct": ModelSpec(49152, 576, 30, 9, 3, 64, 1536),
-}
-MODEL_ALIASES = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
-                 "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-
-
-def model_spec(name: str) -> ModelSpec:
-    """The shapes of a known model, or of any model whose config.json is already in the local HF cache."""
-    name = MODEL_ALIASES.get(name.lower(), name)
-    if name in MODEL_SPECS:
-        return MODEL_SPECS[name]
-    try:
-        from transformers import AutoConfig
-
-        c = AutoConfig.from_pretrained(name, local_files_only=True)
-    except Exception as err:  # no weights, no network in a dry run: say what is known
-        raise ValueError(f"model={name!r}: no shapes known and no local config.json ({err.__class__.__name__}); "
-                         f"known models: {sorted(MODEL_SPECS)} and {sorted(MODEL_ALIASES)}") from None
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return ModelSpec(c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
-                     getattr(c, "num_key_value_heads", c.num_attention_heads), head_dim, c.intermediate_size,
-                     bool(getattr(c, "tie_word_embeddings", False)))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Hardware and the assumptions behind the estimates.
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GPU:
-    name: str = "H100 80GB SXM"
-    memory_gb: float = 80.0
-    bf16_flops: float = 989e12  # dense tensor-core peak
-    hbm_bytes_per_s: float = 3.35e12
-
-
-H100 = GPU()
-MFU = 0.35  # fraction of peak FLOPs a bf16 FSDP forward/backward reaches at these sizes (assumed)
-DECODE_BANDWIDTH_EFFICIENCY = 0.5  # fraction of HBM bandwidth a vLLM decode step reaches (assumed)
-PROMPT_TOKENS = 512  # assumed prompt length (chat template + MATH problem) when the config sets none
-PCIE_BYTES_PER_S = 25e9  # host <-> GPU copies (sleep mode), PCIe Gen5 x16 in practice (assumed)
-CUDA_OVERHEAD_GB = 3.0  # CUDA context, NCCL buffers, allocator fragmentation per GPU (assumed)
-VLLM_BUFFERS_GB = 4.0  # vLLM's forward activations, sampler and CUDA graphs besides weights and KV (assumed)
-MAX_PROMPT_TOKENS = 2048  # the engine's max_model_len leaves this much room for a prompt
-
-
-# ---------------------------------------------------------------------------------------------------
-# The plan.
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How one optimizer step is spread over world_size GPUs, with memory (GB) and time (s) estimates."""
-
-    model: str
-    world_size: int
-    prompts_per_step: int
-    group_size: int
-    global_sequences: int
-    prompts_per_rank: int
-    sequences_per_rank: int
-    micro_batch_size: int
-    accumulation_steps: int
-    steps: int
-    max_new_tokens: int
-    prompt_tokens: int
-    params: int
-    memory: dict  # GB per GPU, by component; 'train_peak' and 'rollout_peak' are the sums that matter
-    vllm_gpu_memory_utilization: float
-    kv_concurrency: float  # fraction of this rank's sequences whose KV cache fits at once (1 = all)
-    seconds: dict  # estimated rollout / train / step seconds on `gpu`
-    gpu: str
-    fits: bool
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def plan(config, world_size: int, gpu_memory_gb: float = H100.memory_gb, micro_batch_size: int | None = None,
-         gpu: GPU = H100) -> Plan:
-    """Split the config's global batch over world_size GPUs and estimate memory and time per step.
-
-    config: the trainer's TrainConfig (or a dict) with model, prompts_per_step, group_size,
-    max_new_tokens, steps, and optionally micro_batch_size, regime, max_prompt_tokens.
-    micro_batch_size: sequences per forward/backward; default the config's, else the largest power
-    of two dividing the per-rank sequences whose training peak fits in gpu_memory_gb.
-    """
-    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
-    model, G, prompts = get("model"), _positive(get, "group_size"), _positive(get, "prompts_per_step")
-    if not isinstance(model, str) or not model:
-        raise ValueError(f"model={model!r} must be a model name or folder")
-    if world_size < 1:
-        raise ValueError(f"world_size={world_size!r} must be >= 1")
-    if prompts % world_size:
-        raise ValueError(f"prompts_per_step={prompts} is not divisible by world_size={world_size}: each rank "
-                         f"samples whole groups of G={G}; choose a world_size among {_divisors(prompts)}")
-    spec = model_spec(model)
-    regime = get("regime")
-    needs_ref = getattr(regime, "needs_lp_ref", True)  # a string or missing regime: assume the worst
-    T_new, T_prompt = _positive(get, "max_new_tokens"), get("max_prompt_tokens") or PROMPT_TOKENS
-    per_rank = prompts // world_size * G
-    gpu = GPU(gpu.name, gpu_memory_gb, gpu.bf16_flops, gpu.hbm_bytes_per_s)
-
-    mb = micro_batch_size or get("micro_batch_size") or _auto_micro_batch(spec, per_rank, T_prompt, T_new,
-                                                                         world_size, needs_ref, gpu)
-    if mb < 1:
-        raise ValueError(f"micro_batch_size={mb!r} must be >= 1")
-    mb = min(mb, per_rank)
-    memory, utilization, concurrency = memory_estimate(spec, per_rank, mb, T_prompt, T_new, world_size,
-                                                       needs_ref, gpu)
-    seconds = time_estimate(spec, per_rank, T_prompt, T_new, concurrency, needs_ref, gpu)
-    return Plan(model=model, world_size=world_size, prompts_per_step=prompts, group_size=G,
-                global_sequences=prompts * G, prompts_per_rank=prompts // world_size, sequences_per_rank=per_rank,
-                micro_batch_size=mb, accumulation_steps=math.ceil(per_rank / mb), steps=_positive(get, "steps"),
-                max_new_tokens=T_new, prompt_tokens=T_prompt, params=spec.params, memory=memory,
-                vllm_gpu_memory_utilization=utilization, kv_concurrency=concurrency, seconds=seconds,
-                gpu=gpu.name, fits=max(memory["train_peak"], memory["rollout_peak"]) <= gpu_memory_gb
-                and math.isfinite(seconds["step"]))
-
-
-def memory_estimate(spec: ModelSpec, sequences: int, micro_batch: int, prompt_tokens: int, new_tokens: int,
-                    world_size: int, needs_ref: bool = True, gpu: GPU = H100):
-    """GB per GPU by component, the vLLM gpu_memory_utilization to ask for, and the KV concurrency.
-
-    Assumptions (bytes; P parameters, W ranks, S = prompt + new tokens, B = micro-batch):
-      policy states  16 P / W   fp32 master weights + fp32 grads + AdamW m and v, FULL_SHARD over W
-      reference       2 P       frozen bf16 replica on every rank: no gradients, so no need to shard it
-                                (absent when the regime needs no lp_ref)
-      gathered        2 x 2 P_layer   FSDP all-gathers one bf16 decoder layer, prefetches the next
-      activations    with checkpointing: the bf16 input of every layer, L B S h x 2, plus one layer
-                     recomputed with its backward, B S (4 h + 2 (n_q + 2 n_kv) d + 3 I) x 2 x 2
-      logits          B T_new V x 10   bf16 logits, fp32 log-softmax and its gradient
-      vllm weights    2 P       one bf16 copy per rank (tensor parallel 1: data-parallel rollouts)
-      vllm buffers    VLLM_BUFFERS_GB   its forward activations, sampler, CUDA graphs
-      kv cache        sequences x S x kv_bytes_per_token for all of this rank's rollouts at once;
-                      vLLM gets what is left and schedules in waves when that is less
-    With vLLM sleep mode (level 1) the engine's weights go to CPU RAM and its KV cache is freed
-    during training, so the peaks are max(train, rollout), not their sum.
-    """
-    P, S, B, h = spec.params, prompt_tokens + new_tokens, micro_batch, spec.hidden
-    d, L = spec.head_dim, spec.layers
-    q_kv = (spec.heads + 2 * spec.kv_heads) * d
-    gb = {
-        "policy_states": 16 * P / world_size / GiB,
-        "reference": (2 * P if needs_ref else 0) / GiB,
-        "gathered_layers": 2 * 2 * spec.params_per_layer / GiB,
-        "activations": (L * B * S * h * 2 + B * S * (4 * h + 2 * q_kv + 3 * spec.intermediate) * 2 * 2) / GiB,
-        "logits": B * new_tokens * spec.vocab * 10 / GiB,
-        "vllm_weights": 2 * P / GiB,
-        "kv_cache_all_sequences": sequences * S * spec.kv_bytes_per_token / GiB,
-        "cuda_overhead": CUDA_OVERHEAD_GB,
-    }
-    resident = gb["policy_states"] + gb["reference"] + gb["cuda_overhead"]
-    gb["train_peak"] = resident + gb["gathered_layers"] + gb["activations"] + gb["logits"]
-    gb["vllm_buffers"] = VLLM_BUFFERS_GB
-    engine = gb["vllm_weights"] + gb["vllm_buffers"]
-    kv_room = max(0.0, 0.95 * gpu.memory_gb - resident - engine)  # vLLM refuses to plan past the GPU
-    kv = min(gb["kv_cache_all_sequences"], kv_room)
-    gb["kv_cache"] = kv
-    gb["rollout_peak"] = resident + engine + kv
-    utilization = (engine + kv) / gpu.memory_gb
-    concurrency = kv / gb["kv_cache_all_sequences"] if gb["kv_cache_all_sequences"] else 1.0
-    return {k: round(v, 2) for k, v in gb.items()}, round(utilization, 3), round(concurrency, 3)
-
-
-def time_estimate(spec: ModelSpec, sequences: int, prompt_tokens: int, new_tokens: int, kv_concurrency: float,
-                  needs_ref: bool = True, gpu: GPU = H100) -> dict:
-    """Seconds per step on one rank (ranks run in parallel), an upper bound: every response at max length.
-
-    rollout: a decode step reads the bf16 weights once and the KV cache of the running sequences,
-             at DECODE_BANDWIDTH_EFFICIENCY of HBM bandwidth; new_tokens steps per wave, 1/concurrency
-             waves when the KV cache cannot hold every sequence at once.
-    train:   FLOPs = (6 P policy forward+backward + 2 P recompute (checkpointing) + 2 P reference
-             forward) x tokens, at MFU of the bf16 peak.
-    sleep:   sleep mode (level 1) copies the engine's 2 P bytes of weights to CPU RAM and back each
-             step over PCIe at PCIE_BYTES_PER_S. (The weight sync itself is a GPU-to-GPU copy: negligible.)
-    """
-    P, S = spec.params, prompt_tokens + new_tokens
-    if kv_concurrency * sequences < 1:  # not even one sequence's KV cache fits: vLLM cannot run
-        return {"rollout": math.inf, "train": math.inf, "sleep_wake": math.inf, "step": math.inf}
-    waves = 1 / kv_concurrency
-    running = sequences / waves
-    mean_kv = running * (prompt_tokens + new_tokens / 2) * spec.kv_bytes_per_token
-    bandwidth = gpu.hbm_bytes_per_s * DECODE_BANDWIDTH_EFFICIENCY
-    rollout = waves * new_tokens * (2 * P + mean_kv) / bandwidth
-    train = (6 + 2 + (2 if needs_ref else 0)) * P * sequences * S / (gpu.bf16_flops * MFU)
-    sleep = 2 * 2 * P / PCIE_BYTES_PER_S
-    return {"rollout": round(rollout, 1), "train": round(train, 1), "sleep_wake": round(sleep, 1),
-            "step": round(rollout + train + sleep, 1)}
-
-
-def vllm_settings(config, world_size: int = 1) -> dict:
-    """VLLMEngine keyword arguments for this rank, from the plan: its memory share and max_model_len.
-
-    max_model_len must be set: vLLM otherwise reserves room for the model's full context (262k tokens
-    for Qwen3-4B-Instruct-2507), which no KV budget beside the trainer holds.
-    """
-    import torch
-
-    memory_gb = torch.cuda.get_device_properties(0).total_memory / GiB if torch.cuda.is_available() else 80.0
-    p = plan(config, world_size, memory_gb)
-    return {"gpu_memory_utilization": p.vllm_gpu_memory_utilization,
-            "max_model_len": MAX_PROMPT_TOKENS + p.max_new_tokens}
-
-
-def _auto_micro_batch(spec, per_rank, T_prompt, T_new, world_size, needs_ref, gpu) -> int:
-    """The largest power of two dividing per_rank whose training peak fits in memory (at least 1)."""
-    mb = 1
-    while per_rank % (mb * 2) == 0:
-        memory, _, _ = memory_estimate(spec, per_rank, mb * 2, T_prompt, T_new, world_size, needs_ref, gpu)
-        if memory["train_peak"] > 0.9 * gpu.memory_gb:
-            break
-        mb *= 2
-    return mb
-
-
-def _positive(get, key) -> int:
-    value = get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{key}={value!r} must be a positive integer")
-    return value
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+# Every accelerate launcher (simple, multi-GPU, FSDP) exports this one; torchrun alone does not.
+ACCELERATE_LAUNCH_VAR = "ACCELERATE_MIXED_PRECISION"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -341,8 +64,39 @@ def token_mean_scale(mask_mb, n_global, world_size: int):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Runtime: this process's place in the run (the launch command sets the ranks).
+# This process's place in the run (the launch command sets the ranks).
 # ---------------------------------------------------------------------------------------------------
+
+
+def launched_by_accelerate() -> bool:
+    return ACCELERATE_LAUNCH_VAR in os.environ
+
+
+def fsdp2_plugin_from_env():
+    """accelerate's FSDP plugin as the launch config sets it, with one change: gradients are reduce-scattered in
+    float32. accelerate's default for `mixed_precision: bf16` reduces in bf16 too; the sharded gradients are
+    accumulated in float32 either way, so float32 reduction only doubles the gradient traffic (small next to the
+    rollouts at 3-4B) and keeps the cross-rank sum as exact as the single-GPU one. None when not FSDP2."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or os.environ.get("FSDP_VERSION") != "2":
+        return None
+    import torch
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(os.environ.get(ACCELERATE_LAUNCH_VAR, "no"))
+    if compute is None:
+        return FullyShardedDataParallelPlugin()
+    return FullyShardedDataParallelPlugin(mixed_precision_policy={"param_dtype": compute, "reduce_dtype": torch.float32,
+                                                                  "output_dtype": compute})
+
+
+def check_cpu_ram_efficient_loading() -> None:
+    """fsdp_cpu_ram_efficient_loading makes transformers load the weights on meta tensors on every rank but 0; the
+    frozen reference (copied from the policy before sharding) and the rollout engine need the real weights on
+    every rank."""
+    if os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() == "true":
+        raise ValueError("fsdp_cpu_ram_efficient_loading=true is not supported: ranks other than 0 would load the "
+                         "model as empty (meta) tensors, but the frozen reference model needs the full weights on "
+                         "every rank; set fsdp_cpu_ram_efficient_loading: false in the accelerate config")
 
 
 @dataclass
@@ -359,17 +113,28 @@ class Ranks:
 
     @classmethod
     def from_env(cls) -> "Ranks":
-        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        """The Accelerator under `accelerate launch` (any number of processes) or torchrun with several ranks;
+        rank 0 of 1 otherwise. Without CUDA, accelerate's CPU mode (gloo, DDP: accelerate runs no FSDP on CPU)."""
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not launched_by_accelerate():
             return cls()
+        import torch
         from accelerate import Accelerator
 
-        accelerator = Accelerator()
+        check_cpu_ram_efficient_loading()
+        cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true" or not torch.cuda.is_available()
+        accelerator = Accelerator(cpu=cpu, fsdp_plugin=fsdp2_plugin_from_env())
         return cls(accelerator.process_index, accelerator.num_processes, accelerator)
 
     @property
     def is_main(self) -> bool:
         """Rank 0 writes metrics, checkpoints and progress bars."""
         return self.rank == 0
+
+    @property
+    def shards_checkpointed_layers(self) -> bool:
+        """Whether accelerate wraps each decoder layer in activation checkpointing itself (FSDP configs)."""
+        plugin = getattr(getattr(self.accelerator, "state", None), "fsdp_plugin", None)
+        return bool(getattr(plugin, "activation_checkpointing", False))
 
     def my_prompts(self, indices: list) -> list:
         """This rank's share of the step's prompts (whole groups: RLOO stays local)."""
@@ -404,16 +169,47 @@ class Ranks:
         return float(t) / self.world_size
 
     def prepare(self, policy, optimizer):
-        """FSDP-wrap the policy with its optimizer (the reference stays a plain bf16 replica)."""
+        """Wrap the policy with its optimizer as the launch config says (FSDP2 on GPUs; DDP on CPU processes);
+        the optimizer becomes accelerate's AcceleratedOptimizer. The reference stays a plain replica."""
         if self.accelerator is None:
             return policy, optimizer
         return self.accelerator.prepare(policy, optimizer)
+
+    def clip_grad_norm(self, model, max_norm: float) -> float:
+        """Clip the gradients' global norm to max_norm; returns the norm before clipping as a float (a sharded
+        model's norm is a DTensor: gathered here)."""
+        import torch
+
+        params = list(model.parameters())
+        if self.accelerator is not None:
+            norm = self.accelerator.clip_grad_norm_(params, max_norm)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        return float(norm)
+
+
+def inner_optimizer(optimizer):
+    """The torch optimizer inside accelerate's AcceleratedOptimizer (which never runs Optimizer.__init__: no step
+    hooks of its own, and its step() calls the inner one's)."""
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def unwrap_ddp(model):
+    """The module inside DistributedDataParallel (generation needs its attributes and no gradient-sync hooks);
+    any other model as it is (an FSDP2 model must be called as it is: its forward gathers the shards)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def enable_activation_checkpointing(model) -> None:
     """Recompute each decoder layer in the backward pass instead of storing its activations.
 
-    For single-GPU runs: under the FSDP launch configs accelerate already wraps every decoder layer.
+    For runs outside the FSDP launch configs (which make accelerate wrap every decoder layer itself).
     """
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x renamed it
         model.activation_checkpointing_enable({"use_reentrant": False})
@@ -421,79 +217,3 @@ def enable_activation_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # the KV cache is useless (and wasteful) in a training forward
 
-
-# ---------------------------------------------------------------------------------------------------
-# The dry run: everything that can be checked without weights or GPUs.
-# ---------------------------------------------------------------------------------------------------
-
-
-def dry_run(config, world_size: int = 4, gpu_memory_gb: float = H100.memory_gb) -> str:
-    """The resolved config, the per-GPU batch, memory and time estimates and the checks, as text.
-
-    config: a resolved TrainConfig (sharpening.llm.config.load_config). Raises ValueError on what
-    cannot run (an unknown model, a batch that does not split over world_size); warns in the text
-    about what would run badly.
-    """
-    import yaml
-
-    p = plan(config, world_size, gpu_memory_gb)
-    m, s = p.memory, p.seconds
-    regime = getattr(config.regime, "name", config.regime)
-    lines = [f"dry run of {config.run_name}: {p.model} ({p.params / 1e9:.2f}B parameters), regime {regime}, "
-             f"engine {config.engine}", "", "resolved config:"]
-    lines += ["  " + line for line in yaml.safe_dump(config.to_dict(), sort_keys=False).splitlines()]
-    lines += [
-        "", f"plan on {world_size} x {p.gpu} ({gpu_memory_gb:g} GB each):",
-        f"  global batch    {p.prompts_per_step} prompts x G={p.group_size} = {p.global_sequences} sequences per step",
-        f"  per GPU         {p.prompts_per_rank} prompts = {p.sequences_per_rank} sequences; micro-batch "
-        f"{p.micro_batch_size} -> {p.accumulation_steps} accumulation steps",
-        f"  steps           {p.steps} ({p.steps * p.global_sequences:,} sampled sequences in all)",
-        f"  lengths         prompt <= {p.prompt_tokens} (assumed) + response <= {p.max_new_tokens} tokens",
-        "  memory per GPU, GB (estimated):",
-        f"    training      policy states {m['policy_states']} + reference {m['reference']} + activations "
-        f"{m['activations']} + logits {m['logits']} + gathered layers {m['gathered_layers']} + CUDA "
-        f"{m['cuda_overhead']} = {m['train_peak']}",
-        f"    rollout       resident {m['policy_states'] + m['reference'] + m['cuda_overhead']:.2f} + vLLM weights "
-        f"{m['vllm_weights']} + vLLM buffers {m['vllm_buffers']} + KV cache {m['kv_cache']} (all sequences at once need "
-        f"{m['kv_cache_all_sequences']}) = {m['rollout_peak']}",
-        f"    vLLM          gpu_memory_utilization {p.vllm_gpu_memory_utilization}; "
-        f"{p.kv_concurrency:.0%} of the rank's sequences decode at once",
-        f"  time per step, s (estimated upper bound, every response at max length): rollout {s['rollout']} + "
-        f"train {s['train']} + sleep/wake {s['sleep_wake']} = {s['step']}; {p.steps} steps ~ "
-        f"{s['step'] * p.steps / 3600:.1f} h",
-        "", "checks:",
-    ]
-    lines += [f"  {'ok  ' if ok else 'WARN'} {text}" for ok, text in _checks(config, p)]
-    return "\n".join(lines)
-
-
-def check_engine(engine: str, world_size: int) -> None:
-    """The hf engine runs on one rank only: under FSDP every forward pass is a collective, and each rank decodes
-    until its own responses end, so the ranks would fall out of step and hang."""
-    if engine == "hf" and world_size > 1:
-        raise ValueError(f"engine='hf' cannot run on {world_size} ranks: each rank decodes until its own responses "
-                         "end, so the ranks' FSDP forward passes (collectives) would fall out of step and hang; "
-                         "use engine=vllm")
-
-
-def _checks(config, p: Plan) -> list:
-    """(ok, message) for what the dry run can check without weights or GPUs."""
-    peak = max(p.memory["train_peak"], p.memory["rollout_peak"])
-    checks = [(True, f"model shapes known for {p.model}"),
-              (True, f"{p.prompts_per_step} prompts split evenly over {p.world_size} GPUs"),
-              (p.fits, f"estimated peak {peak:.1f} GB fits in {p.gpu}" if p.fits else
-               f"estimated peak {peak:.1f} GB, or the KV cache, does not fit in {p.gpu}: lower micro_batch_size "
-               "or use more GPUs")]
-    check_engine(config.engine, p.world_size)
-    if config.engine != "vllm":
-        checks.append((False, f"engine={config.engine!r}: on GPUs use engine=vllm (paged attention, fast decoding)"))
-    elif config.is_cap is None:
-        checks.append((False, "engine=vllm with is_cap=null: the engine/trainer log-prob mismatch goes "
-                              "uncorrected; the paper uses is_cap=20"))
-    if config.dtype != "bfloat16":
-        checks.append((False, f"dtype={config.dtype!r}: vLLM and the reference would run in it; bfloat16 halves "
-                              "their memory (FSDP keeps fp32 master weights either way)"))
-    dataset = str(config.dataset)
-    if dataset.endswith(".jsonl"):
-        checks.append((os.path.isfile(dataset), f"dataset file {dataset} exists"))
-    return checks

@@ -184,6 +184,9 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="comma-separated k of pass@k, maj@k")
     parser.add_argument("--limit", type=int, default=None, help="first N problems of each data set (quick runs)")
     parser.add_argument("--max-new-tokens", type=int, default=1024, help="response length limit (default 1024)")
+    parser.add_argument("--max-total-tokens", type=int, default=None,
+                        help="also stop a response when prompt + response reach this many tokens (the authors' "
+                             "max_total_sequence_length; default: no such cap)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0: pure sampling)")
     parser.add_argument("--prefill", default="", help="text that opens the assistant turn, e.g. '\\boxed{'")
@@ -200,11 +203,13 @@ def run_eval(args) -> int:
     ks = _parse_ints(args.ks, "--ks")
     for flag, value, ok in (("--n", args.n, args.n >= 1), ("--limit", args.limit, args.limit is None or args.limit >= 1),
                             ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1),
+                            ("--max-total-tokens", args.max_total_tokens,
+                             args.max_total_tokens is None or args.max_total_tokens >= 2),
                             ("--temperature", args.temperature, args.temperature > 0),
                             ("--top-p", args.top_p, 0 < args.top_p <= 1)):
         if not ok:
             raise SystemExit(f"sharpening llm eval: {flag}={value!r} is out of range (n, limit, max-new-tokens >= 1; "
-                             "temperature > 0; 0 < top-p <= 1)")
+                             "max-total-tokens >= 2; temperature > 0; 0 < top-p <= 1)")
     if args.template not in TEMPLATES and "{problem}" not in args.template:
         raise SystemExit(f"sharpening llm eval: --template={args.template!r} is not one of {sorted(TEMPLATES)} and "
                          "has no {problem} placeholder")
@@ -214,7 +219,16 @@ def run_eval(args) -> int:
     except ValueError as err:
         raise SystemExit(f"sharpening llm eval: {err}") from None
     model_path = args.checkpoint or args.model
-    engine = _build_engine(args.engine, model_path, args.seed)
+    if args.checkpoint is not None and not (Path(args.checkpoint) / "config.json").is_file():
+        what = "does not exist" if not Path(args.checkpoint).exists() else "is not a model folder (no config.json)"
+        raise SystemExit(f"sharpening llm eval: --checkpoint {args.checkpoint!r} {what}; give a checkpoint folder "
+                         "such as runs/<run_name>/checkpoints/step_000010")
+    try:
+        engine = _build_engine(args.engine, model_path, args.seed, args.max_new_tokens, args.max_total_tokens)
+    except OSError as err:  # Hugging Face's not-found errors are OSErrors of several lines
+        from sharpening.cli import first_line
+
+        raise SystemExit(f"sharpening llm eval: cannot load the model {model_path!r}: {first_line(err)}") from None
     info = {"run": _run_name(args.checkpoint, args.model), "regime": _run_regime(args.checkpoint),
             "model": model_path, "step": _checkpoint_step(args.checkpoint)}
     out = Path(args.out) / "eval.json" if args.out else None
@@ -249,19 +263,28 @@ def _parse_ints(text: str, flag: str) -> list[int]:
     return values
 
 
-def _build_engine(kind: str, model_path: str, seed: int):
+def _build_engine(kind: str, model_path: str, seed: int, max_new_tokens: int = 1024,
+                  max_total_tokens: int | None = None):
+    """The engine of `sharpening llm eval`: vLLM with a context bounded by the run's lengths (else it plans for
+    the model's whole context: 262k tokens for Qwen3-4B-Instruct-2507, which no KV cache holds), or hf."""
     from sharpening.llm.models import load_model, load_tokenizer, resolve
 
     tokenizer = load_tokenizer(model_path)
     if kind == "vllm":
+        from sharpening.llm.gpu_plan import eval_vllm_settings
         from sharpening.llm.vllm_engine import VLLMEngine
 
-        return VLLMEngine(resolve(model_path), tokenizer, sleep_level=0, seed=seed)
+        return VLLMEngine(resolve(model_path), tokenizer, sleep_level=0, seed=seed,
+                          **eval_vllm_settings(max_new_tokens, max_total_tokens))
+    import torch
+
     from sharpening.llm.allocator import retain_freed_memory
     from sharpening.llm.rollout import HFEngine
 
-    retain_freed_memory()  # the hf engine runs on CPU here
-    return HFEngine(load_model(model_path), tokenizer)
+    if not torch.cuda.is_available():
+        retain_freed_memory()  # no page faults on the same tensors every step (sharpening/llm/allocator.py)
+    model = load_model(model_path).to("cuda" if torch.cuda.is_available() else "cpu")
+    return HFEngine(model, tokenizer, max_total_tokens=max_total_tokens)
 
 
 def _checkpoint_step(checkpoint) -> int | None:

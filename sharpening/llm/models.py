@@ -8,6 +8,7 @@ instead of ~20 s. Nothing is downloaded: other names must be local folders or mo
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -111,8 +112,10 @@ def sequence_logprobs(model, input_ids, attention_mask, response_mask):
     if first < 1:
         raise ValueError("the first token of a sequence has no context to be scored by")
     L = input_ids.shape[1]
-    out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=position_ids(attention_mask), logits_to_keep=L - first + 1)
+    # use_cache=False: a cache would only cost memory here, and under torch's activation checkpointing (accelerate's
+    # FSDP configs) the backward's recomputation of a layer would write its keys and values into it a second time
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                logits_to_keep=L - first + 1, use_cache=False)
     logp = token_logprobs(out.logits[:, :-1], input_ids[:, first:])  # [B, L - first]: tokens first..L-1
     logp = torch.cat([logp.new_zeros(logp.shape[0], first), logp], 1)  # [B, L]
     return logp.masked_fill(response_mask == 0, 0.0)  # not * mask: a -inf log-prob times 0 is NaN
@@ -128,15 +131,28 @@ def token_logprobs(logits, targets):
 
 
 def new_cache(model):
-    """An empty KV cache laid out for `model` (its sliding-window layers, if any, included)."""
+    """An empty KV cache laid out for `model` (its sliding-window layers, if any, included; a DDP wrapper's
+    module's config)."""
     from transformers import DynamicCache
 
-    return DynamicCache(config=getattr(model, "config", None))
+    return DynamicCache(config=getattr(getattr(model, "module", model), "config", None))
+
+
+def compute_autocast(device, dtype):
+    """A context running forward passes in `dtype` (a torch dtype or one of DTYPES' names) on `device`'s type,
+    the weights staying as they are (fp32 master weights); a no-op for float32."""
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def uses_activation_checkpointing(model) -> bool:
     """Whether a forward of `model` with gradients would be recomputed layer by layer in the backward pass
-    (Hugging Face gradient checkpointing or torch's checkpoint wrapper, as accelerate's FSDP applies it)."""
+    (Hugging Face gradient checkpointing or torch's checkpoint wrapper, as accelerate's FSDP applies it; isinstance,
+    not the class name: FSDP2 turns a wrapped CheckpointWrapper into a subclass, FSDPCheckpointWrapper)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
     return torch.is_grad_enabled() and any(
-        getattr(m, "gradient_checkpointing", False) is True or type(m).__name__ == "CheckpointWrapper"
+        getattr(m, "gradient_checkpointing", False) is True or isinstance(m, CheckpointWrapper)
         for m in model.modules())

@@ -104,10 +104,18 @@ class HFEngine:
     """Batched sampling from a Hugging Face causal LM with a KV cache (pure sampling by default).
 
     batch_size: sequences decoded together, rounded to whole groups (at least one prompt's n samples).
+    max_total_tokens: a response also stops when its prompt + response reach this many tokens (as vLLM's
+    max_model_len stops it; `truncated` then). lockstep: every chunk runs exactly max_new_tokens decoding steps,
+    finished rows masked, so that ranks whose forward passes are collectives (FSDP) stay in step.
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 64):
+    def __init__(self, model, tokenizer, batch_size: int = 64, max_total_tokens: int | None = None,
+                 lockstep: bool = False):
+        from sharpening.llm.distributed import unwrap_ddp
+
+        model = unwrap_ddp(model)  # DDP's wrapper has no generation_config and would sync buffers every token
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.max_total_tokens, self.lockstep = max_total_tokens, lockstep
         eos = model.generation_config.eos_token_id
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         self.eos_ids = torch.tensor(sorted({*eos, tokenizer.eos_token_id}))
@@ -146,6 +154,8 @@ class HFEngine:
     def _sample(self, prompt_ids, prompt_mask, n, max_new_tokens, temperature, top_p, ignore_eos, generator):
         """The decoding loop for n samples of each of a chunk's prompts (prefilled once, their KV cache then
         repeated n times): returns tokens, mask, lp_old_tok [b, T] and truncated [b], b = n * len(prompt_ids)."""
+        budget = (max_new_tokens if self.max_total_tokens is None else  # response tokens each row may add: [b]
+                  (self.max_total_tokens - prompt_mask.sum(-1)).clamp(min=1, max=max_new_tokens).repeat_interleave(n))
         pos = position_ids(prompt_mask)
         out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos,
                          past_key_values=new_cache(self.model), use_cache=True, logits_to_keep=1)
@@ -153,7 +163,8 @@ class HFEngine:
         out.logits = out.logits.repeat_interleave(n, 0)
         attn, pos = prompt_mask.repeat_interleave(n, 0), pos[:, -1:].repeat_interleave(n, 0)
         b = attn.shape[0]
-        done = torch.zeros(b, dtype=torch.bool, device=attn.device)
+        done = torch.zeros(b, dtype=torch.bool, device=attn.device)  # stopped by EOS or by the budget
+        ended = torch.zeros_like(done)  # stopped by EOS
         tokens, mask, lp_old = [], [], []
         for t in range(max_new_tokens):
             logits = out.logits[:, -1].float()  # [b, V]
@@ -163,13 +174,14 @@ class HFEngine:
             mask.append((~done).float())
             lp_old.append(lp.masked_fill(done, 0.0))
             if not ignore_eos:
-                done = done | torch.isin(y, self.eos_ids.to(y.device))
-            if done.all() or t == max_new_tokens - 1:
+                ended = ended | (~done & torch.isin(y, self.eos_ids.to(y.device)))
+            done = ended | (t + 1 >= budget)
+            if (done.all() and not self.lockstep) or t == max_new_tokens - 1:
                 break
             attn, pos = torch.cat([attn, attn.new_ones(b, 1)], 1), pos + 1
             out = self.model(input_ids=y[:, None], attention_mask=attn, position_ids=pos,
                              past_key_values=out.past_key_values, use_cache=True)
-        return torch.stack(tokens, 1), torch.stack(mask, 1), torch.stack(lp_old, 1), ~done
+        return torch.stack(tokens, 1), torch.stack(mask, 1), torch.stack(lp_old, 1), ~ended
 
 
 def _pad_right(x, T: int, value):

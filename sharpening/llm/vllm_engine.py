@@ -4,13 +4,15 @@ Each data-parallel rank owns one vLLM engine on its own GPU (tensor parallel 1, 
 "external_launcher" executor, as TRL's colocate mode does), so rollouts are data-parallel like the
 training. One step:
 
-    engine.generate(...)        wake the KV cache, sample, return the engine's per-token log-probs,
-                                sleep (level 1: weights to CPU RAM, KV cache freed) so training has the GPU
+    engine.generate(...)        wake the KV cache, sample, return the engine's per-token log-probs
+    engine.sleep()              level 1: weights to CPU RAM, KV cache freed, so that training has the GPU
     ... train: pg_loss(logp_tok, A, mask, logp_engine=roll.lp_old_tok, is_cap) ...
     optimizer.step()            the tracked optimizer bumps policy_version
     engine.sync_weights(model)  wake the weights only, load the new ones, engine_version = policy_version
 
-`generate` refuses to sample from stale weights: a missed sync is an error, not a silent off-policy run.
+The caller decides when the engine sleeps: an evaluation calls `generate` many times with the engine awake
+throughout and sleeps it once at the end (waking copies the weights back over PCIe). `generate` refuses to
+sample from stale weights: a missed sync is an error, not a silent off-policy run.
 
 lp_old_tok of a vLLM rollout holds the ENGINE's log-probs of the sampled tokens (raw logits, before
 temperature / top-p, as HFEngine defines lp_old_tok). They differ from the trainer's (bf16 kernels,
@@ -58,7 +60,11 @@ class WeightSync:
         self.syncs = 0
 
     def track(self, optimizer) -> None:
-        optimizer.register_step_post_hook(lambda *_: self._stepped())
+        """Count the steps of `optimizer`; accelerate's AcceleratedOptimizer is looked through (it has no hooks of
+        its own, and its step() runs the inner optimizer's, whose hooks fire)."""
+        from sharpening.llm.distributed import inner_optimizer
+
+        inner_optimizer(optimizer).register_step_post_hook(lambda *_: self._stepped())
 
     def _stepped(self) -> None:
         self.policy_version += 1
@@ -198,14 +204,13 @@ class VLLMEngine:
     @torch.no_grad()
     def generate(self, prompts, n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                  ignore_eos: bool = False, seed=None) -> Rollout:
-        """n responses to each prompt (prompt-major) with the engine's log-probs; sleeps afterwards."""
+        """n responses to each prompt (prompt-major) with the engine's log-probs; the engine stays awake (the
+        caller calls `sleep` before training)."""
         self.sync.check_fresh()
-        self._wake("weights")
-        self._wake("kv_cache")
+        self.wake_up()  # vLLM schedules again only once weights and KV cache are both back
         enc = self.tokenizer(list(prompts), add_special_tokens=False)
         samples = self.backend.generate(enc["input_ids"], n=n, max_new_tokens=max_new_tokens,
                                         temperature=temperature, top_p=top_p, ignore_eos=ignore_eos, seed=seed)
-        self.sleep()
         device = "cuda" if torch.cuda.is_available() else "cpu"
         return rollout_from_samples(enc["input_ids"], samples, self.pad_id, self.tokenizer, device)
 
@@ -226,7 +231,8 @@ class VLLMEngine:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The only code that touches vLLM (unverified here: no GPU was available).
+# The only code that touches vLLM. Every name it uses is checked against vLLM 0.33.0's source by
+# tests/test_vllm_contract.py; it has not run on a GPU yet.
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -255,16 +261,12 @@ class _VLLMBackend:
                             distributed_executor_backend="external_launcher", seed=seed + rank)
 
     def load_weights(self, pairs):
-        """vLLM's own load_weights (HF names in, fused in place); LLM.apply_model where vLLM has it, else
-        the in-process worker's model as TRL reaches it (the attribute path moved across vLLM versions)."""
-        if hasattr(self.llm, "apply_model"):
-            def load(model):
-                model.load_weights(pairs)  # returns the names it loaded: nothing needs to come back
+        """vLLM's own load_weights (HF names in, fused in place), run on the in-process worker's model by
+        LLM.apply_model (external_launcher keeps the engine in this process: the function is not serialized)."""
+        def load(model):
+            model.load_weights(pairs)  # returns the names it loaded: nothing needs to come back
 
-            self.llm.apply_model(load)
-            return
-        worker = self.llm.llm_engine.model_executor.driver_worker
-        getattr(worker, "worker", worker).model_runner.model.load_weights(pairs)
+        self.llm.apply_model(load)
 
     def reset_prefix_cache(self):
         self.llm.reset_prefix_cache()

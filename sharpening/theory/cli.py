@@ -1,6 +1,7 @@
 """`sharpening theory ...`: closed-form fixed points and analysis of small user-given examples.
 
     sharpening theory fixed-point --pi-ref 0.5,0.3,0.2 --reward 0,1,0 --regime tempered --alpha 2
+    sharpening theory fixed-point --pi-ref 0.4,0.3,0.3 --reward 0,1,1 --answers 1,0,0 --regime majority_vote
     sharpening theory derive
     sharpening theory length-bias --p 0.7 --m 10 --stop 0.1
     sharpening theory snr --T 1,4,16,64 --G 8
@@ -15,13 +16,12 @@ import sys
 
 import numpy as np
 
-from sharpening.objective import MODES, NORMALIZATIONS, Regime
+from sharpening.objective import LIKELIHOODS, MODES, NORMALIZATIONS, PRESETS, REWARDS, Regime
 
-PRESETS = ("task_reward", "sharpening", "tempered", "tilted", "custom")
-# which of --mode / --alpha / --beta-inv / --normalization each preset takes
-PRESET_FLAGS = {"task_reward": (), "sharpening": ("normalization",), "tempered": ("alpha", "normalization"),
-                "tilted": ("alpha", "beta_inv", "normalization"),
-                "custom": ("mode", "alpha", "beta_inv", "normalization")}
+# Regime field -> the argparse dest of its flag (--reward-source sets the field reward: `theory fixed-point`
+# already has --reward, the task reward of each output)
+REGIME_FLAGS = {"mode": "mode", "alpha": "alpha", "beta_inv": "beta_inv", "normalization": "normalization",
+                "weight": "weight", "reward": "reward_source", "likelihood": "likelihood", "p": "p"}
 
 
 def add_parser(subparsers) -> None:
@@ -36,12 +36,8 @@ def add_parser(subparsers) -> None:
     ref.add_argument("--pi-ref", type=_floats, help="pi_ref(y) for each y, comma-separated (instead of --lp-ref)")
     fp.add_argument("--reward", type=_floats, required=True, help="task reward r(y) for each y, comma-separated")
     fp.add_argument("--lengths", type=_floats, help="length T(y) for each y (needed by mean normalizations)")
-    fp.add_argument("--regime", choices=PRESETS, default="custom", help="a named preset, or custom (default)")
-    fp.add_argument("--mode", choices=MODES, help="custom regime: none, optimization or sampling")
-    fp.add_argument("--alpha", type=float, help="exponent on pi_ref (tempered, tilted, custom)")
-    fp.add_argument("--beta-inv", type=float, help="weight of the task reward (tilted, custom)")
-    fp.add_argument("--normalization", choices=NORMALIZATIONS, help="N: sum (default), mean, weighted_mean, none")
-    fp.add_argument("--weight", type=float, default=1.0, help="w of weighted_mean: N = lp_ref / T**w")
+    fp.add_argument("--answers", type=_ints, help="answer id of each y (-1: none), needed by --regime majority_vote")
+    add_regime_arguments(fp, default="custom")
     fp.set_defaults(func=_guard(fixed_point_command))
 
     derive = sub.add_parser("derive", help="the sympy derivation of the fixed points, with LaTeX")
@@ -85,7 +81,7 @@ def _floats(text: str) -> list[float]:
 
 def _ints(text: str) -> list[int]:
     try:
-        return [int(x) for x in text.split(",") if x]
+        return [int(x) for x in text.replace(" ", ",").split(",") if x]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
@@ -101,30 +97,47 @@ def _guard(command):
     return run
 
 
+def add_regime_arguments(parser, default: str) -> None:
+    """--regime PRESET|custom and the flags of its parameters (shared by `sharpening theory` and `sharpening toy`)."""
+    parser.add_argument("--regime", choices=PRESETS + ("custom",), default=default,
+                        help=f"a preset with the flags it takes (tempered: --alpha; tilted: --alpha --beta-inv; "
+                             f"random_reward: --p), or custom with --mode and any field (default {default})")
+    parser.add_argument("--mode", choices=MODES, help="custom only: none, optimization or sampling")
+    parser.add_argument("--alpha", type=float, help="exponent on pi_ref (tempered, tilted, custom)")
+    parser.add_argument("--beta-inv", type=float, help="weight of the reward r (tilted, custom)")
+    parser.add_argument("--normalization", choices=NORMALIZATIONS, help="N: sum, mean, weighted_mean, none")
+    parser.add_argument("--weight", type=float, help="w of weighted_mean: N = lp / T**w")
+    parser.add_argument("--reward-source", choices=REWARDS,
+                        help="custom only: the regime's reward field, what r is (task, majority_vote, random)")
+    parser.add_argument("--likelihood", choices=LIKELIHOODS, help="custom only: what N normalizes")
+    parser.add_argument("--p", type=float, help="success probability of the random reward (random_reward, custom)")
+
+
 def regime_from_args(args) -> Regime:
-    """The Regime named by --regime, with the flags that preset takes; a flag it does not take is an error."""
-    names = ("mode", "alpha", "beta_inv", "normalization")
-    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    unused = sorted(set(given) - set(PRESET_FLAGS[args.regime]))
-    if unused:
-        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
-        raise ValueError(f"{flags} not used by --regime {args.regime}; use --regime custom to set them")
-    norm = given.get("normalization", "sum")
-    if args.regime == "task_reward":
-        return Regime.task_reward()
-    if args.regime == "sharpening":
-        return Regime.sharpening(norm)
-    if args.regime in ("tempered", "tilted") and "alpha" not in given:
-        raise ValueError(f"--regime {args.regime} needs --alpha")
-    if args.regime == "tempered":
-        return Regime("sampling", given["alpha"], 0.0, norm, args.weight)
-    if args.regime == "tilted":
-        if given.get("beta_inv", 0) <= 0:
-            raise ValueError(f"--regime tilted needs --beta-inv > 0, got {given.get('beta_inv')}")
-        return Regime("sampling", given["alpha"], given["beta_inv"], norm, args.weight)
+    """Regime.from_spec of --regime and the flags given: strict, a flag the preset does not take is an error."""
+    given = {k: getattr(args, dest) for k, dest in REGIME_FLAGS.items() if getattr(args, dest) is not None}
+    if args.regime != "custom":
+        return Regime.from_spec({"preset": args.regime, **given})
     if "mode" not in given:
         raise ValueError(f"--regime custom needs --mode, one of {MODES}")
-    return Regime(given["mode"], given.get("alpha", 1.0), given.get("beta_inv", 0.0), norm, args.weight)
+    return Regime.from_spec(given)
+
+
+def _distribution(values: list[float], flag: str) -> np.ndarray:
+    """Probabilities from the user's numbers: finite, >= 0, not all 0; rescaled to sum to 1 (with a note on
+    stderr) when they do not, since the fixed point under a mean normalization depends on the scale."""
+    p, shown = np.array(values, dtype=float), ",".join(f"{v:g}" for v in values)
+    if not np.isfinite(p).all():
+        raise ValueError(f"{flag} {shown} must be finite probabilities (>= 0, not all 0)")
+    if (p < 0).any():
+        raise ValueError(f"{flag} {shown} has a negative probability; give probabilities >= 0, not all 0")
+    if p.sum() == 0:
+        raise ValueError(f"{flag} {shown} is all 0; give probabilities >= 0 with a positive sum")
+    if not math.isclose(p.sum(), 1.0, rel_tol=1e-9):
+        p = p / p.sum()
+        print(f"sharpening theory: note: {flag} sums to {sum(values):g}, not 1: normalized to "
+              f"{','.join(f'{v:.4g}' for v in p)}", file=sys.stderr)
+    return p
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -139,13 +152,12 @@ def fixed_point_command(args) -> int:
     from sharpening.theory import fixed_point
 
     if args.pi_ref is not None:
-        pi_ref = np.array(args.pi_ref)
-        if (pi_ref < 0).any():
-            raise ValueError(f"--pi-ref {args.pi_ref} has a negative probability")
         with np.errstate(divide="ignore"):
-            lp_ref = np.log(pi_ref)
+            lp_ref = np.log(_distribution(args.pi_ref, "--pi-ref"))
     else:
         lp_ref = np.array(args.lp_ref)
+        if np.isnan(lp_ref).any() or np.isposinf(lp_ref).any() or np.isneginf(lp_ref).all():
+            raise ValueError(f"--lp-ref {args.lp_ref} must be log-probabilities: no nan or +inf, and not all -inf")
     r = np.array(args.reward)
     if r.shape != lp_ref.shape:
         raise ValueError(f"--reward has {r.size} values but the reference has {lp_ref.size}; give one per output")
@@ -154,8 +166,11 @@ def fixed_point_command(args) -> int:
         raise ValueError(f"--lengths has {lengths.size} values but the reference has {lp_ref.size}")
     if lengths is not None and (lengths < 1).any():
         raise ValueError(f"--lengths {args.lengths} must all be >= 1")
+    answers = None if args.answers is None else np.array(args.answers)
+    if answers is not None and answers.shape != lp_ref.shape:
+        raise ValueError(f"--answers has {answers.size} values but the reference has {lp_ref.size}")
     regime = regime_from_args(args)
-    pi_star = fixed_point(regime, lp_ref, r, lengths)
+    pi_star = fixed_point(regime, lp_ref, r, lengths, answers)
     pi_ref = np.exp(lp_ref)
     header = ["y", "r"] + (["T"] if lengths is not None else []) + ["pi_ref", "pi*"]
     T = [] if lengths is None else [[float(t)] for t in lengths]
@@ -230,7 +245,7 @@ def snr_command(args) -> int:
 def stability_command(args) -> int:
     from sharpening.theory.instability import max_stable_lr
 
-    pi_ref, r = np.array(args.pi_ref), np.array(args.reward)
+    pi_ref, r = _distribution(args.pi_ref, "--pi-ref"), np.array(args.reward)
     if r.shape != pi_ref.shape or (pi_ref <= 0).any():
         raise ValueError(f"--pi-ref {args.pi_ref} must be positive with one --reward per entry, got {args.reward}")
     rows = [[f"alpha={a:g}"] + [max_stable_lr(Regime("sampling", a, b), np.log(pi_ref), r) for b in args.beta_invs]

@@ -5,6 +5,20 @@
     optimization:  all mass on argmax_y [beta_inv * r(y) + alpha * N(y)], uniform over ties
     none:          all mass on argmax_y r(y) (the correct set), uniform over it
 
+The label-free signals (sharpening.theory.signals says why):
+
+    majority_vote     all mass on the answer-level mode of pi_ref (outputs whose answer is the likeliest answer),
+                      uniform over them; every single-answer policy is a stable fixed point, this is the one
+                      pi_ref's basin leads to
+    random_reward     r is replaced by its mean p, independent of y: alone, the expected update is zero and pi_ref
+                      stays (every policy is a fixed point); mixed with N, the fixed point of the N part
+    self_likelihood   (N = sum, alone) the mode of pi_ref: entropy minimization ends on a deterministic policy, the
+                      mode of its start on a softmax over Y (other normalizations or mixes: no closed form)
+    neg_entropy,      over outputs that are single decisions (lengths None or all 1) every sample has the same
+    self_certainty    score: N is a constant, so the fixed point is that of beta_inv * r alone (pi_ref when
+                      beta_inv = 0); over token sequences no closed form
+
+Where there is none, `NoClosedForm` (a ValueError) says so.
 The sampling optimum maximizes E_pi[R] for R = shaped_reward(...) with lp_old = log pi, i.e.
 beta_inv * E_pi[r] + (alpha - 1) E_pi[N] + E_pi[lp_ref] + H(pi) up to the factor 1/beta_inv
 (see sharpening.theory.derivation for the symbolic proof).
@@ -12,17 +26,26 @@ beta_inv * E_pi[r] + (alpha - 1) E_pi[N] + E_pi[lp_ref] + H(pi) up to the factor
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from sharpening.objective import Regime, normalize
+from sharpening.theory.signals import answer_mode
 
 TIE_RTOL = 1e-12  # scores this close (relative) count as ties of the argmax
 
 
-def log_fixed_point(regime: Regime, lp_ref, task_reward, lengths=None) -> np.ndarray:
+class NoClosedForm(ValueError):
+    """The regime's fixed point over these outputs has no closed form here (see the module docstring)."""
+
+
+def log_fixed_point(regime: Regime, lp_ref, task_reward, lengths=None, answers=None) -> np.ndarray:
     """log pi*(y) for every y (-inf off the support of a deterministic optimum)."""
     lp_ref, r = _check(lp_ref, task_reward, lengths)
     lengths = None if lengths is None else np.asarray(lengths, dtype=float)
+    if regime.reward != "task" or regime.likelihood != "ref":
+        return _log_signal_fixed_point(regime, lp_ref, r, lengths, answers)
     if regime.mode == "sampling":
         with np.errstate(invalid="ignore"):  # -inf * (alpha - 1 <= 0) is NaN: such y keep no mass
             logits = lp_ref + (regime.alpha - 1) * normalize(regime, lp_ref, lengths) + regime.beta_inv * r
@@ -39,14 +62,55 @@ def log_fixed_point(regime: Regime, lp_ref, task_reward, lengths=None) -> np.nda
     return np.where(ties, -np.log(ties.sum()), -np.inf)
 
 
-def fixed_point(regime: Regime, lp_ref, task_reward, lengths=None) -> np.ndarray:
+def _log_signal_fixed_point(regime, lp_ref, r, lengths, answers):
+    """The label-free signals' rows of the module docstring."""
+    stays = lp_ref - _logsumexp(lp_ref)  # log pi_ref: where the policy stays when the expected update is zero
+    if regime.reward == "majority_vote":
+        if regime.uses_N:
+            raise NoClosedForm(f"{regime.name}: the majority vote mixed with N has no closed-form fixed point")
+        if answers is None or np.shape(answers) != lp_ref.shape:
+            raise ValueError(f"majority_vote needs the answer id of every output (answers, shape {lp_ref.shape})")
+        winners = np.isin(answers, answer_mode(lp_ref, answers)) & np.isfinite(lp_ref)
+        return np.where(winners, -np.log(winners.sum()), -np.inf)
+    if regime.reward == "random":  # r -> p, the same for every y
+        if not regime.uses_N:
+            return stays
+        return log_fixed_point(dataclasses.replace(regime, reward="task", p=0.5), lp_ref, np.full_like(r, regime.p),
+                               lengths)
+    if regime.likelihood == "self":
+        if regime.beta_inv > 0 or regime.normalization != "sum":
+            raise NoClosedForm(f"{regime.name}: every deterministic policy is a fixed point; which one exact ascent "
+                               "reaches has a closed form only for the pure self-likelihood with N = sum")
+        return log_fixed_point(Regime.sharpening(), lp_ref, r)  # the mode of pi_ref
+    if lengths is not None and (lengths != 1).any():  # neg_entropy, self_certainty
+        raise NoClosedForm(f"{regime.name}: per-token certainty differs along token paths; no closed form over "
+                           "sequences (the toy's exact dynamics follow it)")
+    if regime.beta_inv == 0:
+        return stays
+    return log_fixed_point(Regime("none"), lp_ref, r)
+
+
+def fixed_point_is_a_set(regime: Regime) -> bool:
+    """Whether `fixed_point` stands for a set of optima (every distribution on its support: the deterministic
+    modes, the majority vote, the self-likelihood), to be measured by the mass off that support; or is the one
+    point exact dynamics reach (the sampling mode; random_reward, neg_entropy and self_certainty without a task
+    reward term, which leave pi_ref where it is), to be measured by total variation."""
+    if regime.mode == "sampling":
+        return False
+    if regime.reward == "random" and not regime.uses_N:
+        return False
+    return not (regime.likelihood in ("neg_entropy", "self_certainty") and regime.beta_inv == 0)
+
+
+def fixed_point(regime: Regime, lp_ref, task_reward, lengths=None, answers=None) -> np.ndarray:
     """pi*(y) for every y of the enumerable output space: probabilities with the shape of lp_ref.
 
     lp_ref: log pi_ref(y) for each y, 1-D (-inf for impossible outputs, which get no mass; with the
     mean or weighted_mean normalization it must be the true, normalized log-likelihood); task_reward: r(y), same shape; lengths: T(y), needed for
-    the mean and weighted_mean normalizations. Stable for log-probs down to -1e4 and beyond.
+    the mean and weighted_mean normalizations; answers: the answer id of each y (-1: none), needed by
+    majority_vote. Stable for log-probs down to -1e4 and beyond. Raises NoClosedForm where there is none.
     """
-    return np.exp(log_fixed_point(regime, lp_ref, task_reward, lengths))
+    return np.exp(log_fixed_point(regime, lp_ref, task_reward, lengths, answers))
 
 
 def _logsumexp(x: np.ndarray) -> float:

@@ -2,22 +2,21 @@
 
     sharpening toy bandit --regime sharpening --steps 1000 --seeds 16
     sharpening toy sequence --regime tempered --alpha 2 --L 5 --exact --plot runs/tempered.png
+    sharpening toy sequence --regime majority_vote --steps 300
+
+The regime is read by sharpening.theory.cli.regime_from_args (Regime.from_spec: strict, as everywhere).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
 
 import numpy as np
 
-from sharpening.objective import MODES, NORMALIZATIONS, Regime
+from sharpening.theory.cli import add_regime_arguments, regime_from_args
 from sharpening.toy import bandit, instability, sequence
-
-PRESETS = ("task_reward", "sharpening", "tempered", "tilted", "custom")
-PRESET_PARAMS = {"tempered": {"alpha": 2.0}, "tilted": {"alpha": 1.0, "beta_inv": 100.0}}
 
 
 def add_parser(subparsers):
@@ -35,12 +34,7 @@ def add_parser(subparsers):
 
 
 def _add_common(p, lr):
-    p.add_argument("--regime", choices=PRESETS, default="sharpening",
-                   help="preset (tempered: alpha 2; tilted: alpha 1, beta_inv 100); custom needs --mode")
-    p.add_argument("--mode", choices=MODES, help="override the preset's mode")
-    p.add_argument("--alpha", type=float, help="override alpha (>= 0)")
-    p.add_argument("--beta-inv", type=float, help="override beta_inv (>= 0)")
-    p.add_argument("--normalization", choices=NORMALIZATIONS, help="override N (default sum)")
+    add_regime_arguments(p, default="sharpening")
     p.add_argument("--G", type=int, default=8, help="group size: samples per seed and step (>= 2)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seeds", type=int, default=8, help="number of independent runs")
@@ -50,19 +44,6 @@ def _add_common(p, lr):
     p.add_argument("--exact", action="store_true", help="expected-gradient dynamics instead of sampling")
     p.add_argument("--plot", metavar="FILE", help="save the history (reward, distance, entropy) to FILE")
     p.add_argument("--metrics", metavar="FILE", help="append the history to FILE as JSONL, one line per logged step")
-
-
-def regime_from_args(args) -> Regime:
-    """The preset, with --mode/--alpha/--beta-inv/--normalization overriding its fields."""
-    if args.regime == "custom":
-        if args.mode is None:
-            raise ValueError("--regime custom needs --mode (one of none, optimization, sampling)")
-        regime = Regime(args.mode, alpha=1.0 if args.alpha is None else args.alpha)
-    else:
-        regime = Regime.preset(args.regime, **PRESET_PARAMS.get(args.regime, {}))
-    overrides = {"mode": args.mode, "alpha": args.alpha, "beta_inv": args.beta_inv,
-                 "normalization": args.normalization}
-    return dataclasses.replace(regime, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def run_bandit(args):
@@ -80,6 +61,8 @@ def raise_usage(message):
 
 
 def _run(args, make_policy, label):
+    if args.steps < 1:  # the library takes 0 (the initial policy, for sweeps); a run from the command line trains
+        raise_usage(f"--steps={args.steps} must be >= 1")
     try:
         regime = regime_from_args(args)
         policy = make_policy()
@@ -91,6 +74,8 @@ def _run(args, make_policy, label):
     if label is not None:
         for name, probs in (("pi_ref", np.exp(policy.lp_ref.numpy())), ("fixed point", result.fixed_point),
                             ("trained", result.probs)):
+            if np.isnan(probs).any():
+                continue  # no closed form
             print(f"{name:>12}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in label(policy, probs).items()))
     if args.plot:
         plot_history(result, args.plot)
@@ -125,7 +110,8 @@ def summary_table(result: bandit.TrainResult, labels) -> str:
         last = h[-1]
         lines.append(f"{name:<20}{h[0].mean():>10.4g}{last.mean():>10.4g}{last.min():>10.4g}{last.max():>10.4g}")
     fixed = result.fixed_point
-    lines.append(f"fixed point: E[r]={fixed @ result.r:.4g}, E[T]={fixed @ result.lengths:.4g}")
+    lines.append("fixed point: no closed form (sharpening.theory.fixed_points)" if np.isnan(fixed).any() else
+                 f"fixed point: E[r]={fixed @ result.r:.4g}, E[T]={fixed @ result.lengths:.4g}")
     lines.append("runs: " + ", ".join(f"{k} {v:.0%}" for k, v in instability.fractions(labels).items() if v))
     return "\n".join(lines)
 

@@ -10,6 +10,8 @@ Labels of a run (`classify`), checked in this order:
                  the distance rose between a quarter or more of consecutive logged steps (a cycle, a
                  chaotic orbit, or sampling noise that keeps it away; log every step to see period 2)
     slow         not converged yet: still getting closer, or creeping without ever bouncing
+    unknown      no closed-form fixed point to measure a distance to (tv_to_fixed_point is NaN: the label-free
+                 signals on a token tree), and neither diverged nor collapsed
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sharpening.objective import Regime
 from sharpening.theory.instability import gradient_moments, lp_ref_variance, max_stable_lr
 from sharpening.toy import bandit, sequence
 
-LABELS = ("converged", "slow", "oscillating", "collapsed", "diverged")
+LABELS = ("converged", "slow", "oscillating", "collapsed", "diverged", "unknown")
 BLOWUP = 1e3  # |logit| beyond this counts as blown up
 COLLAPSE_ENTROPY = 0.05  # nats
 PROGRESS = 0.9  # a run whose distance shrinks by less than 10% across the last quarter has stalled
@@ -31,7 +33,9 @@ PROGRESS = 0.9  # a run whose distance shrinks by less than 10% across the last 
 def classify(result: bandit.TrainResult, tol: float = 1e-2) -> np.ndarray:
     """One label of LABELS per seed: [n_seeds] strings (see the module docstring)."""
     tv, H, r = result.tv_to_fixed_point, result.entropy, result.task_reward  # [n_logged, S]
-    finite = np.isfinite(tv).all(0) & np.isfinite(result.grad_norm).all(0) & np.isfinite(result.max_logit).all(0)
+    unknown = bool(np.isnan(tv[0]).all())  # NaN at the start: no fixed point (by design, not by divergence)
+    finite = (unknown or np.isfinite(tv).all(0)) & np.isfinite(result.grad_norm).all(0) & \
+        np.isfinite(result.max_logit).all(0)
     diverged = ~finite | (np.nan_to_num(result.max_logit, nan=np.inf) > BLOWUP).any(0)
     collapsed = (H[-1] < COLLAPSE_ENTROPY) & (r[-1] < 0.5)
     converged = tv[-max(1, len(tv) // 10):].max(0) < tol
@@ -42,8 +46,8 @@ def classify(result: bandit.TrainResult, tol: float = 1e-2) -> np.ndarray:
         bouncing = (np.diff(tail, axis=0) > 0).mean(0) >= 0.25
     else:
         stalled = bouncing = np.zeros(tv.shape[1], bool)
-    return np.select([diverged, collapsed, converged, stalled & bouncing],
-                     ["diverged", "collapsed", "converged", "oscillating"], default="slow")
+    return np.select([diverged, collapsed, np.full(tv.shape[1], unknown), converged, stalled & bouncing],
+                     ["diverged", "collapsed", "unknown", "converged", "oscillating"], default="slow")
 
 
 def fractions(labels) -> dict:

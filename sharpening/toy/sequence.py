@@ -20,7 +20,8 @@ import itertools
 import numpy as np
 import torch
 
-from sharpening.objective import Regime
+from sharpening.objective import Regime, token_certainty
+from sharpening.theory.signals import answer_masses
 from sharpening.toy.bandit import DTYPE, TrainResult, inverse_cdf, train_policy
 
 EOS_CHAR = "$"
@@ -42,7 +43,8 @@ class TreePolicy:
     ref_logp: [n_nodes, V + 1] log pi_ref(token | prefix) of the reference model (-inf: a token pi_ref
     never emits there, which the policy never emits either; EOS is never allowed at the root).
     correct: the answer token that earns r = 1. fixed_length: forbid EOS (every response has T = L).
-    Enumerated outputs Y (attributes, tensors [|Y|]): lp_ref, r, lengths; `sequences` names them.
+    Enumerated outputs Y (attributes, tensors [|Y|]): lp_ref, r, lengths, answers (the last content token);
+    `sequences` names them.
     """
 
     def __init__(self, V: int, L: int, ref_logp, correct: int = 0, fixed_length: bool = False):
@@ -87,8 +89,8 @@ class TreePolicy:
                 self.path_node[y, t], self.path_token[y, t], self.path_mask[y, t] = node, tok, 1.0
         self.lengths = self.path_mask.sum(-1)  # T(y) [|Y|]
         self.lp_ref = self._sequence_logp(self.ref_logp[None])[0]  # [|Y|], EOS mass not renormalized
-        answers = torch.tensor([int(s.rstrip(EOS_CHAR)[-1]) for s in self.sequences])
-        self.r = (answers == correct).to(DTYPE)  # [|Y|]
+        self.answers = torch.tensor([int(s.rstrip(EOS_CHAR)[-1]) for s in self.sequences])  # [|Y|]
+        self.r = (self.answers == correct).to(DTYPE)  # [|Y|]
 
     n_uniforms = property(lambda self: self.L)  # one uniform per generated token
 
@@ -111,6 +113,12 @@ class TreePolicy:
     def log_probs(self, theta):
         """log pi_theta(y) for every y in Y: [S, |Y|]."""
         return self._sequence_logp(self.token_log_probs(theta))
+
+    def certainty(self, regime: Regime, theta):
+        """token_certainty of pi_theta(. | prefix) summed over the prefixes each y visits: [S, |Y|] (the tokens
+        the tree forbids at a prefix are outside its support)."""
+        per_node = token_certainty(regime, self.token_log_probs(theta))  # [S, n_nodes]
+        return torch.where(self.path_mask > 0, per_node[:, self.path_node], 0.0).sum(-1)
 
     def sample(self, theta, u):
         """Roll out G responses per seed with uniforms u [S, G, L].
@@ -191,12 +199,13 @@ def enumerate_sequences(model: TreePolicy):
 def describe(model: TreePolicy, probs) -> dict:
     """Sequence-level summary of a distribution over Y (probs [|Y|] or [S, |Y|], averaged over seeds, normalized).
 
-    Returns mass on correct answers, expected length E[T], and the likeliest response with its
-    probability, length and correctness.
+    Returns mass on correct answers, expected length E[T], the likeliest response with its probability,
+    length and correctness, and the likeliest answer (the majority vote's target) with its mass.
     """
     p = np.atleast_2d(np.asarray(probs)).mean(0)
     p = p / p.sum()  # pi_ref of the fixed-length model is a sub-probability (EOS mass not renormalized)
     mode = int(np.argmax(p))
+    q = answer_masses(p, model.answers.numpy(), model.V)
     return {
         "correct_mass": float(p @ model.r.numpy()),
         "mean_length": float(p @ model.lengths.numpy()),
@@ -204,6 +213,8 @@ def describe(model: TreePolicy, probs) -> dict:
         "mode_prob": float(p[mode]),
         "mode_length": int(model.lengths[mode]),
         "mode_correct": bool(model.r[mode] > 0),
+        "answer_mode": int(np.argmax(q)),
+        "answer_mode_mass": float(q.max()),
     }
 
 
