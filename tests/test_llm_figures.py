@@ -36,6 +36,13 @@ def condition_key(cfg):
     return (json.dumps(cfg["regime"], sort_keys=True), bool(cfg.get("ignore_eos")), float(cfg["lr"]))
 
 
+def is_paper_regime(cfg):
+    """The paper's regimes (task reward, sharpening, tempered, tilted) as the config records them: the task reward
+    and pi_ref's likelihood, not a label-free signal."""
+    regime = cfg["regime"] if isinstance(cfg["regime"], dict) else {}
+    return regime.get("reward", "task") == "task" and regime.get("likelihood", "ref") == "ref"
+
+
 def main_lr(folders):
     """The learning rate most runs use (None without runs)."""
     lrs = [float(cfg["lr"]) for cfg, _, _ in folders.values()]
@@ -109,6 +116,24 @@ def test_a_gpu_run_dropped_in_is_drawn_next_to_the_cpu_runs(tmp_path):
     np.testing.assert_allclose(style.series(pass_k[1, 0])["sharpening"][1], [0.3, 0.6])  # means over seeds, k=1, 4
 
 
+def test_signals_figure_draws_the_signals_beside_task_reward_and_sharpening_and_nothing_else(tmp_path):
+    rows = [{"reward/shaped_mean": 0.0, "reward/task": r} for r in (0.1, 0.3, 0.5)]
+    write_run(tmp_path / "tr", "task_reward", rows, eval_pass=0.6)
+    for seed, p in ((1, 0.2), (2, 0.4)):
+        write_run(tmp_path / f"mv{seed}", "majority_vote", [{**r, "reward/task": r["reward/task"] * seed} for r in rows],
+                  seed=seed, eval_pass=p)
+    write_run(tmp_path / "tempered", {"preset": "tempered", "alpha": 4}, rows, eval_pass=0.9)  # not a signal
+    axes = llm.fig_llm_signals(load_results(tmp_path))
+    curves = style.series(axes[0, 0])
+    assert set(curves) == {"task reward", "majority vote"}
+    np.testing.assert_allclose(curves["majority vote"][1], [0.15, 0.45, 0.75])  # median of seeds 1 and 2
+    bars = [p.get_height() for p in axes[0, 1].patches]
+    assert bars == pytest.approx([0.6, 0.3])  # pass@1: task reward, then the mean of majority vote's two seeds
+    assert [p.get_height() for p in axes[0, 2].patches] == pytest.approx([0.6, 0.3])  # maj@4 = eval_pass here
+    with pytest.raises(llm.NoData):
+        llm.fig_llm_signals(load_results(tmp_path / "tr"))
+
+
 # --- the committed results ----------------------------------------------------------------------------------
 
 
@@ -147,7 +172,7 @@ def test_pass_at_k_figure_plots_the_base_model_and_the_mean_over_seeds():
         lr = main_lr(folders)
         groups = {}
         for cfg, _, ev in folders.values():
-            if ev is not None and float(cfg["lr"]) == lr:
+            if ev is not None and float(cfg["lr"]) == lr and is_paper_regime(cfg):
                 groups.setdefault(condition_key(cfg), []).append(ev["datasets"][name][metric])
         assert len(drawn) == 1 + len(groups)
         for tables in groups.values():  # some plotted line is the mean over this condition's seeds
@@ -162,7 +187,7 @@ def test_training_curves_plot_the_median_and_range_over_seeds_of_the_committed_r
     axes = llm.fig_llm_training_curves(load_results(RESULTS))
     groups = {}
     for cfg, metrics, _ in folders.values():
-        if float(cfg["lr"]) == lr and not cfg.get("ignore_eos"):
+        if float(cfg["lr"]) == lr and not cfg.get("ignore_eos") and is_paper_regime(cfg):
             groups.setdefault(condition_key(cfg), []).append(metrics)
     for ax, (key, _) in zip(axes[0], llm.CURVES):
         lines = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]

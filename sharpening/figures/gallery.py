@@ -153,6 +153,9 @@ FIGURES = (
     Figure("llm_instability", "LLM instability: the reward's variance across samples vs response length at step 0 "
            "(sharpening vs the task reward's p(1-p)), the fraction of unstable runs vs learning rate, and the "
            "learning-rate sweep's lp_ref curves.", _llm("llm_instability"), claim="3, 5"),
+    Figure("llm_signals", "The label-free signals on the LLM (no label used in training): the training batches' "
+           "graded task reward per step, held-out pass@1 and maj@16, next to task reward and sharpening.",
+           _llm("llm_signals"), claim="7"),
     Figure("llm_results", "The LLM results table (also llm_results.md): held-out pass@1, pass@16, maj@16, length, "
            "final training reward and lp_ref, unstable runs, per regime.", _llm("llm_results_table"),
            claim="1-6", markdown=_llm_results_markdown),

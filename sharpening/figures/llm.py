@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from sharpening.figures import style
-from sharpening.figures.llm_runs import LABELS, TABLE_COLUMNS, UNSTABLE, WINDOW, NoData, Results, stability, table_rows
+from sharpening.figures.llm_runs import (LABELS, PAPER_FAMILIES, SIGNAL_FAMILIES, TABLE_COLUMNS, UNSTABLE, WINDOW, NoData,
+                                         Results, stability, table_rows)
 from sharpening.objective import Regime
 
 SEED_RANGE = (0, 50, 100)  # median and min-max over seeds
@@ -66,7 +67,7 @@ def fig_llm_training_curves(results: Results, axes=None, fixed_length: bool = Fa
         axes = style.axes(len(models), len(CURVES), squeeze=False)
     axes = np.reshape(axes, (len(models), len(CURVES)))
     for row, model in zip(axes, models):
-        conditions = results.conditions(model, results.main_lr(model))
+        conditions = results.conditions(model, results.main_lr(model), families=PAPER_FAMILIES)
         for ax, (key, ylabel) in zip(row, CURVES):
             for c, runs in conditions.items():
                 if c.fixed_length != fixed_length:
@@ -90,7 +91,7 @@ def fig_llm_pass_at_k(results: Results, axes=None):
     for model in results.models():
         base = results.base_eval(model)
         names = set(base.curves) if base else set()
-        for runs in results.conditions(model, evaluated=True).values():
+        for runs in results.conditions(model, evaluated=True, families=PAPER_FAMILIES).values():
             names |= {n for r in runs for n in r.eval.curves}
         panels += [(model, name) for name in sorted(names)]
     if not panels:
@@ -100,7 +101,7 @@ def fig_llm_pass_at_k(results: Results, axes=None):
     axes = np.reshape(axes, (len(panels), 2))
     for row, (model, name) in zip(axes, panels):
         base = results.base_eval(model)
-        conditions = results.conditions(model, results.main_lr(model), evaluated=True)
+        conditions = results.conditions(model, results.main_lr(model), evaluated=True, families=PAPER_FAMILIES)
         for ax, metric in zip(row, ("pass@k", "maj@k")):
             if base is not None and name in base.curves:
                 k, value = base.curves[name][metric]
@@ -147,9 +148,10 @@ def panel_step0_scatter(ax, step0: dict):
                           f"{step0['model']}: base samples at step 0", legend=False)
 
 
-def panel_by_condition(ax, results: Results, model: str, value, ylabel: str, base_value=None, title: str = ""):
+def panel_by_condition(ax, results: Results, model: str, value, ylabel: str, base_value=None, title: str = "",
+                       families: tuple[str, ...] = PAPER_FAMILIES):
     """One column per evaluated condition at the main lr: each seed a dot, the mean a bar; the base model a line."""
-    conditions = results.conditions(model, results.main_lr(model), evaluated=True)
+    conditions = results.conditions(model, results.main_lr(model), evaluated=True, families=families)
     for i, (c, runs) in enumerate(conditions.items()):
         ys = [value(r.eval) for r in runs]
         kw = _line(c)
@@ -166,7 +168,7 @@ def panel_by_condition(ax, results: Results, model: str, value, ylabel: str, bas
 def fig_llm_length_bias(results: Results, axes=None):
     """Per model: base samples' lp_ref vs length; held-out response length and pass@1 per condition, with the
     fixed-length (EOS ignored) variants beside the normal ones. Returns the axes [n_models, 3]."""
-    models = [m for m in results.models() if results.conditions(m, evaluated=True)]
+    models = [m for m in results.models() if results.conditions(m, evaluated=True, families=PAPER_FAMILIES)]
     if not models:
         raise NoData(f"no evaluated training runs under {results.root}")
     if axes is None:
@@ -183,6 +185,47 @@ def fig_llm_length_bias(results: Results, axes=None):
         panel_by_condition(row[2], results, model, lambda e: _first(e, "pass@k", 1), "held-out pass@1",
                            lambda e: _first(e, "pass@k", 1), "after training (dashed: π_ref)")
     return style.figure_legend(axes, ncol=4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The label-free signals next to the task reward and sharpening
+# ---------------------------------------------------------------------------------------------------------
+
+
+def fig_llm_signals(results: Results, axes=None):
+    """Per model: the task reward of the training batches (graded and logged, trained on only by task reward)
+    against the step; held-out pass@1 and maj@16 per condition. Label-free signals next to task reward and
+    sharpening, at the main lr, EOS kept. Returns the axes [n_models, 3]."""
+    def has_signal(model):
+        return any(style.family(c.regime) not in PAPER_FAMILIES for c in results.conditions(model, evaluated=True))
+
+    models = [m for m in results.models() if has_signal(m)]
+    if not models:
+        raise NoData(f"no evaluated label-free signal runs (majority_vote, self_certainty, ...) under {results.root}")
+    if axes is None:
+        axes = style.axes(len(models), 3, squeeze=False, figsize=(11, 3.4 * len(models)))
+    axes = np.reshape(axes, (len(models), 3))
+    for row, model in zip(axes, models):
+        lr = results.main_lr(model)
+        for c, runs in results.conditions(model, lr, families=SIGNAL_FAMILIES).items():
+            steps, values = _stack(runs, "reward/task")
+            if len(steps) and not c.fixed_length:
+                style.band(row[0], steps, values, quantiles=SEED_RANGE, **_line(c))
+        style.decorate(row[0], "training step", "task reward r (training batch, graded)", f"{model}, lr {lr:g}",
+                       legend=False)
+        maj = max(_ks(results, model, "maj@k"))
+        panel_by_condition(row[1], results, model, lambda e: _first(e, "pass@k", 1), "held-out pass@1",
+                           lambda e: _first(e, "pass@k", 1), "after training (dashed: π_ref)", SIGNAL_FAMILIES)
+        panel_by_condition(row[2], results, model, lambda e: _first(e, "maj@k", maj), f"held-out maj@{maj}",
+                           lambda e: _first(e, "maj@k", maj), "after training (dashed: π_ref)", SIGNAL_FAMILIES)
+    return style.figure_legend(axes, ncol=4)
+
+
+def _ks(results: Results, model: str, metric: str) -> list[int]:
+    """The k of `metric` every evaluated run of the model reports."""
+    runs = [r for rs in results.conditions(model, evaluated=True).values() for r in rs]
+    return sorted(set.intersection(*(set(int(k) for k in next(iter(r.eval.curves.values()))[metric][0])
+                                     for r in runs)))
 
 
 def temperature_label(t: float) -> str:
@@ -324,5 +367,5 @@ def fig_llm_results_table(results: Results, ax=None):
     return axes
 
 
-__all__ = ["fig_llm_training_curves", "fig_llm_pass_at_k", "fig_llm_length_bias", "fig_llm_instability",
+__all__ = ["fig_llm_training_curves", "fig_llm_pass_at_k", "fig_llm_length_bias", "fig_llm_instability", "fig_llm_signals",
            "fig_llm_results_table", "step0_variances", "LABELS"]

@@ -41,6 +41,10 @@ COLLAPSE_ENTROPY = 0.05  # nats per token, as toy.instability.COLLAPSE_ENTROPY
 GIVE_BACK = 0.5  # an oscillation gives back more than this share of the rise
 LABELS = ("stable", "oscillating", "collapsed", "diverged")
 UNSTABLE = ("oscillating", "collapsed", "diverged")
+# The paper's regimes, and the label-free signals (issue #16) drawn apart with the two they sit between.
+PAPER_FAMILIES = ("task reward", "sharpening", "tempered", "tilted", "mixed")
+SIGNAL_FAMILIES = ("task reward", "sharpening", "self likelihood", "neg entropy", "self certainty", "majority vote",
+                   "random reward")
 
 
 @dataclass
@@ -122,11 +126,14 @@ class Results:
         values, counts = np.unique(lrs, return_counts=True)
         return float(values[np.argmax(counts)])
 
-    def conditions(self, model: str, lr: float | None = None, evaluated: bool = False) -> dict[Condition, list[Run]]:
-        """{condition: its runs sorted by seed} for one model, optionally at one lr / only runs with an eval."""
+    def conditions(self, model: str, lr: float | None = None, evaluated: bool = False,
+                   families: tuple[str, ...] | None = None) -> dict[Condition, list[Run]]:
+        """{condition: its runs sorted by seed} for one model, optionally at one lr / only runs with an eval / only
+        regimes of some families (style.family names)."""
         groups: dict[Condition, list[Run]] = {}
         for run in self.runs:
-            if run.model == model and (lr is None or run.lr == lr) and (not evaluated or run.eval is not None):
+            if (run.model == model and (lr is None or run.lr == lr) and (not evaluated or run.eval is not None)
+                    and (families is None or style.family(run.regime) in families)):
                 groups.setdefault(run.condition, []).append(run)
         return {c: sorted(rs, key=lambda r: r.seed) for c, rs in sorted(groups.items(), key=lambda kv: _order(kv[0]))}
 
@@ -142,8 +149,9 @@ class Results:
 
 
 def _order(c: Condition):
-    """Conditions in the paper's order: task reward, sharpening, tempered, tilted, others; fixed length last."""
-    rank = ("task reward", "sharpening", "tempered", "tilted", "mixed").index(style.family(c.regime))
+    """Conditions in the paper's order: task reward, sharpening, tempered, tilted, mixed, then the label-free
+    signals; fixed length last."""
+    rank = list(style.COLORS).index(style.family(c.regime))  # COLORS lists the families in that order
     return (c.fixed_length, rank, c.regime.alpha, c.regime.beta_inv, c.lr)
 
 
