@@ -20,6 +20,8 @@ and state, and is rewritten after each run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import shutil
 import subprocess
@@ -112,6 +114,23 @@ def collect(run_dir: Path, dest: Path) -> None:
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
+@contextlib.contextmanager
+def claim(path: Path):
+    """An exclusive lock on path (flock: released when its holder exits, even killed); yields False when another
+    runner holds it. So several runners can share one grid, each taking the runs no other one has."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", default=str(ROOT / "configs/cpu/grid/grid.yaml"), help="grid file")
@@ -139,15 +158,21 @@ def main(argv=None) -> int:
         return 0
 
     summary_path = results / "grid_summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"runs": {}}
     py, start = [sys.executable], time.time()
 
     def record(name, seconds, status):
-        summary["runs"].setdefault(name, {"seconds": 0.0})
-        summary["runs"][name]["seconds"] += seconds  # a resumed run adds up its sessions
-        summary["runs"][name]["status"] = status
-        summary["last_session"] = {"seconds": round(time.time() - start, 1), "ended": time.strftime("%Y-%m-%d %H:%M")}
-        write_atomic(summary_path, json.dumps(summary, indent=1, sort_keys=True))
+        while True:  # read, update, write under the lock: another runner may have recorded in between
+            with claim(runs_dir / "summary.lock") as mine:
+                if mine:
+                    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"runs": {}}
+                    summary["runs"].setdefault(name, {"seconds": 0.0})
+                    summary["runs"][name]["seconds"] += seconds  # a resumed run adds up its sessions
+                    summary["runs"][name]["status"] = status
+                    summary["last_session"] = {"seconds": round(time.time() - start, 1),
+                                               "ended": time.strftime("%Y-%m-%d %H:%M")}
+                    write_atomic(summary_path, json.dumps(summary, indent=1, sort_keys=True))
+                    return
+            time.sleep(0.1)
 
     if not (results / "step0" / "step0.json").exists():
         seconds = sh(py + [str(ROOT / "bench/llm_step0.py"), "--config", str(base), "--out", str(results / "step0")]
@@ -157,6 +182,11 @@ def main(argv=None) -> int:
         name = "base" if t == 1.0 else f"base_temperature{t:g}"
         if (results / name / "eval.json").exists() or not cfg.eval_datasets or (args.only and t != 1.0):
             return
+        with claim(runs_dir / f"{name}.lock") as mine:
+            if mine and not (results / name / "eval.json").exists():
+                evaluate_base_now(t, name)
+
+    def evaluate_base_now(t: float, name: str):
         seconds = sh(py + ["-m", "sharpening.cli", "llm", "eval", "--model", cfg.model,
                            "--datasets", ",".join(cfg.eval_datasets), "--limit", str(cfg.eval_limit),
                            "--n", str(cfg.eval_n), "--ks", ",".join(map(str, eval_ks(cfg.eval_n))),
@@ -165,18 +195,12 @@ def main(argv=None) -> int:
                            "--out", str(results / name)], runs_dir / f"{name}.log")
         record(name, seconds, "done")
 
-    evaluate_base(1.0)
-    todo = [r for r in runs if states[r.name] != "done"]
-    print(f"{len(runs) - len(todo)} of {len(runs)} runs done; {len(todo)} to go", flush=True)
-    for i, run in enumerate(todo, 1):
-        if run.round >= 1:  # after the first seed of every family: the base model at the other temperatures
-            for t in temperatures:
-                evaluate_base(t)
+    def train(run: Run, label: str):
         resume = ["resume=true"] if state(run, runs_dir, results) == "partial" else []
         cmd = py + ["-m", "sharpening.cli", "llm", "train", "--config", str(base), *run.overrides, *extra,
                     f"out_dir={_relative(runs_dir)}", *resume]
-        elapsed = time.time() - start
-        print(f"[{i}/{len(todo)}] {run.name}{' (resumed)' if resume else ''}; {elapsed / 60:.0f} min so far", flush=True)
+        print(f"{label} {run.name}{' (resumed)' if resume else ''}; {(time.time() - start) / 60:.0f} min so far",
+              flush=True)
         t, log = time.time(), runs_dir / f"{run.name}.log"
         try:
             sh(cmd, log)
@@ -190,6 +214,19 @@ def main(argv=None) -> int:
             collect(runs_dir / run.name, results / run.name)
         record(run.name, time.time() - t, status)
         print(f"  {status} in {(time.time() - t) / 60:.1f} min", flush=True)
+
+    evaluate_base(1.0)
+    todo = [r for r in runs if states[r.name] != "done"]
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs done; {len(todo)} to go", flush=True)
+    for i, run in enumerate(todo, 1):
+        if run.round >= 1:  # after the first seed of every family: the base model at the other temperatures
+            for t in temperatures:
+                evaluate_base(t)
+        with claim(runs_dir / f"{run.name}.lock") as mine:  # another runner may hold it, or have finished it
+            if mine and state(run, runs_dir, results) != "done":
+                train(run, f"[{i}/{len(todo)}]")
+            else:
+                print(f"[{i}/{len(todo)}] {run.name}: {'done' if mine else 'taken by another runner'}", flush=True)
     for t in temperatures:
         evaluate_base(t)
     print(f"grid session: {(time.time() - start) / 60:.1f} min; summary: {summary_path}")
