@@ -24,5 +24,8 @@ bench:  ## bench/llm_step.py needs the bench extra (TRL): pip install -e ".[benc
 demo:  ## the CPU demo: SmolLM2 with task-reward RL and with sharpening, evaluated on held-out problems (~30 min)
 	$(PY) bench/cpu_demo.py
 
+# One single-threaded runner per core: they share the grid run by run (bench/cpu_grid.py, claim).
+GRID_RUNNERS ?= 2
+
 cpu-grid:  ## every regime on SmolLM2-135M (configs/cpu/grid/grid.yaml) -> results/cpu; resumable: re-run to continue
-	nice -n 10 $(PY) bench/cpu_grid.py
+	for i in $$(seq $(GRID_RUNNERS)); do OMP_NUM_THREADS=1 nice -n 10 $(PY) bench/cpu_grid.py & done; wait

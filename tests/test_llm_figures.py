@@ -32,8 +32,13 @@ def run_folders(root=RESULTS):
     return found
 
 
+# The regime fields a config written before the label-free signals existed leaves out, at their defaults.
+REGIME_DEFAULTS = {"reward": "task", "likelihood": "ref", "p": 0.5}
+
+
 def condition_key(cfg):
-    return (json.dumps(cfg["regime"], sort_keys=True), bool(cfg.get("ignore_eos")), float(cfg["lr"]))
+    regime = {**REGIME_DEFAULTS, **cfg["regime"]} if isinstance(cfg["regime"], dict) else cfg["regime"]
+    return (json.dumps(regime, sort_keys=True), bool(cfg.get("ignore_eos")), float(cfg["lr"]))
 
 
 def is_paper_regime(cfg):
@@ -55,8 +60,10 @@ needs_results = pytest.mark.skipif(not (RESULTS / "base" / "eval.json").exists()
 # --- instability labels on hand-made runs -------------------------------------------------------------------
 
 
-def write_run(folder, regime, steps, seed=1, lr=2e-5, model="smollm2", ignore_eos=False, eval_pass=None):
-    """A run folder: config.yaml and metrics.jsonl from per-step dicts (missing keys get harmless values)."""
+def write_run(folder, regime, steps, seed=1, lr=2e-5, model="smollm2", ignore_eos=False, eval_pass=None,
+              problems=None):
+    """A run folder: config.yaml and metrics.jsonl from per-step dicts (missing keys get harmless values); with
+    eval_pass an eval.json, holding `problems` ({id: correct of 4}) when given."""
     folder.mkdir(parents=True)
     cfg = {"run_name": folder.name, "model": model, "regime": regime, "seed": seed, "lr": lr, "ignore_eos": ignore_eos,
            "prompts_per_step": 4, "group_size": 8}
@@ -69,8 +76,19 @@ def write_run(folder, regime, steps, seed=1, lr=2e-5, model="smollm2", ignore_eo
             "run": folder.name, "regime": Regime.preset(regime).to_dict() if isinstance(regime, str) else regime,
             "model": model, "n": 4, "step": len(steps), "datasets": {"d": {
                 "num_problems": 2, "pass@k": {"1": eval_pass, "4": min(1, 2 * eval_pass)},
-                "maj@k": {"1": eval_pass, "4": eval_pass}, "mean_length": 10.0}}}))
+                "maj@k": {"1": eval_pass, "4": eval_pass}, "mean_length": 10.0,
+                "problems": [{"id": i, "correct": c, "n": 4} for i, c in (problems or {}).items()]}}}))
     return folder
+
+
+def write_base(folder, temperature, problems, model="smollm2"):
+    """A base-model eval.json (regime null) at a token temperature, with {id: correct of 4}."""
+    folder.mkdir(parents=True)
+    share = sum(problems.values()) / (4 * len(problems))
+    (folder / "eval.json").write_text(json.dumps({
+        "run": folder.name, "regime": None, "model": model, "n": 4, "step": None, "temperature": temperature,
+        "datasets": {"d": {"pass@k": {"1": share}, "maj@k": {"1": share}, "mean_length": 10.0,
+                           "problems": [{"id": i, "correct": c, "n": 4} for i, c in problems.items()]}}}))
 
 
 def test_moving_average_is_the_trailing_mean():
@@ -174,7 +192,7 @@ def test_pass_at_k_figure_plots_the_base_model_and_the_mean_over_seeds():
         for cfg, _, ev in folders.values():
             if ev is not None and float(cfg["lr"]) == lr and is_paper_regime(cfg):
                 groups.setdefault(condition_key(cfg), []).append(ev["datasets"][name][metric])
-        assert len(drawn) == 1 + len(groups)
+        assert len(drawn) == 1 + len(list(RESULTS.glob("base_temperature*"))) + len(groups)
         for tables in groups.values():  # some plotted line is the mean over this condition's seeds
             mean = [statistics.fmean(t[k] for t in tables) for k in tables[0]]
             assert any(np.allclose(y, mean, rtol=1e-12) for _, y in drawn.values())
@@ -208,6 +226,22 @@ def test_training_curves_plot_the_median_and_range_over_seeds_of_the_committed_r
             assert path[:, 1].min() == pytest.approx(min(lo)) and path[:, 1].max() == pytest.approx(max(hi))
 
 
+def test_mode_split_scores_each_run_on_the_problems_where_the_cold_base_model_is_wrong(tmp_path):
+    # The cold base model (T = 0.25) is right on a and b (>= 2 of 4 correct), wrong on c and d.
+    write_base(tmp_path / "base", 1.0, {"a": 2, "b": 1, "c": 1, "d": 0})
+    write_base(tmp_path / "base_t0.25", 0.25, {"a": 4, "b": 2, "c": 1, "d": 0})
+    write_base(tmp_path / "base_t0.5", 0.5, {"a": 0, "b": 0, "c": 4, "d": 4})  # not the coldest: ignored
+    for seed, problems in [(1, {"a": 4, "b": 4, "c": 0, "d": 1}), (2, {"a": 2, "b": 4, "c": 2, "d": 3})]:
+        write_run(tmp_path / f"s{seed}", "sharpening", [{"reward/shaped_mean": -5}], seed=seed, eval_pass=0.5,
+                  problems=problems)
+    text = results_markdown(load_results(tmp_path))
+    assert "| condition | seeds | pass@1 where the mode is wrong (2 problems) | pass@1 where the mode is right (2 problems) |" in text
+    assert "| base model π_ref | – | 0.125 | 0.375 |" in text  # wrong: (1 + 0) / 8; right: (2 + 1) / 8
+    assert "| π_ref, token temperature 0.25 (defines the split) | – | 0.125 | 0.750 |" in text
+    # seed 1: wrong (0 + 1) / 8 = 0.125, right 1.0; seed 2: wrong 5 / 8 = 0.625, right 6 / 8 = 0.75
+    assert "| sharpening | 2 | 0.375 (0.125–0.625) | 0.875 (0.750–1.000) |" in text
+
+
 @needs_results
 def test_results_markdown_holds_the_mean_over_seeds_of_every_evaluated_condition():
     folders = run_folders()
@@ -220,7 +254,8 @@ def test_results_markdown_holds_the_mean_over_seeds_of_every_evaluated_condition
     for cfg, _, ev in folders.values():
         if ev is not None and float(cfg["lr"]) == lr:
             groups.setdefault(condition_key(cfg), []).append(next(iter(ev["datasets"].values()))["pass@k"]["1"])
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "seeds" not in line]
+    table = text.split("### ")[0]  # the main table; the mode split follows
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "seeds" not in line]
     assert len(rows) == len(groups) + 1 + len(list(RESULTS.glob("base_temperature*")))
     for values in groups.values():
         cell = f"{statistics.fmean(values):.3f}" + ("" if len(values) == 1 else f" ({min(values):.3f}–{max(values):.3f})")

@@ -285,6 +285,39 @@ def table_rows(results: Results, model: str) -> list[list[str]]:
     return rows
 
 
+def mode_split_rows(results: Results, model: str) -> list[list[str]]:
+    """Held-out pass@1 per condition (main lr) on the problems where the base model's mode is wrong, and where
+    it is right. The mode's answer is read from pi_ref at its coldest token temperature: a problem's mode is
+    right when at least half of those samples are correct. Every row uses the same split, so the rows compare
+    fairly (the split is noisy; the base row at temperature 1 shows how noisy). The first row is the header;
+    [] without a cold evaluation."""
+    colds = results.base_temperatures(model)
+    if not colds or not colds[-1].problems:
+        return []
+    cold = next(iter(colds[-1].problems.values()))
+    wrong = {i for i, share in cold.items() if share < 0.5}
+    right = set(cold) - wrong
+
+    def split(result: EvalResult | None):
+        shares = next(iter(result.problems.values()), {}) if result is not None else {}
+        if not set(cold) <= set(shares):
+            return None, None
+        return (float(np.mean([shares[i] for i in wrong])) if wrong else None,
+                float(np.mean([shares[i] for i in right])) if right else None)
+
+    colds_label = f"π_ref, token temperature {colds[-1].temperature:g} (defines the split)"
+    rows = []
+    for label, base in [("base model π_ref", results.base_eval(model)), (colds_label, colds[-1])]:
+        w, r = split(base)
+        rows.append([label, "–", _mean_range([w]), _mean_range([r])])
+    for c, runs in results.conditions(model, results.main_lr(model), evaluated=True).items():
+        pairs = [split(run.eval) for run in runs]
+        rows.append([c.label, str(len(runs)), _mean_range([w for w, _ in pairs]), _mean_range([r for _, r in pairs])])
+    header = ["condition", "seeds", f"pass@1 where the mode is wrong ({len(wrong)} problems)",
+              f"pass@1 where the mode is right ({len(right)} problems)"]
+    return [header] + rows
+
+
 def results_markdown(results: Results) -> str:
     """The results table of every model as Markdown (figures/llm_results.md)."""
     lines = ["# LLM results", "",
@@ -299,4 +332,12 @@ def results_markdown(results: Results) -> str:
                   "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
         lines += ["| " + " | ".join(row) + " |" for row in table_rows(results, model)]
         lines.append("")
+        split = mode_split_rows(results, model)
+        if split:
+            lines += [f"### {model}: where the base model's mode is wrong", "",
+                      "Held-out pass@1 on the problems where π_ref's mode answers wrongly and where it answers "
+                      "rightly (`llm_runs.mode_split_rows`).", "",
+                      "| " + " | ".join(split[0]) + " |", "|" + "---|" * len(split[0])]
+            lines += ["| " + " | ".join(row) + " |" for row in split[1:]]
+            lines.append("")
     return "\n".join(lines)

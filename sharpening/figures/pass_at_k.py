@@ -38,6 +38,7 @@ class EvalResult:
     model: str = ""
     lengths: dict[str, float] = field(default_factory=dict)  # mean response length (tokens) per data set
     temperature: float = 1.0  # the sampling temperature of the evaluation
+    problems: dict[str, dict[str, float]] = field(default_factory=dict)  # per data set {problem id: share correct}
 
     @property
     def mean_length(self) -> float:
@@ -82,6 +83,11 @@ def read_eval(path) -> EvalResult:
             result.curves[name][metric] = (k, value)
         if isinstance(scores.get("mean_length"), (int, float)):
             result.lengths[name] = float(scores["mean_length"])
+        try:
+            result.problems[name] = {str(p["id"]): p["correct"] / p["n"] for p in scores.get("problems", [])}
+        except (KeyError, TypeError, ZeroDivisionError) as err:
+            raise ValueError(f"{path}: datasets.{name}.problems must be a list of {{id, correct, n > 0}}, "
+                             f"got {str(scores.get('problems'))[:200]}") from err
     return result
 
 
