@@ -1,6 +1,6 @@
 PY ?= python
 
-.PHONY: setup test test-fast figures bench demo
+.PHONY: setup test test-fast figures bench demo cpu-grid
 
 setup:  ## install the CPU torch first (an unpinned torch pulls CUDA), then the package with every CPU extra
 	$(PY) -m pip install torch==2.13.0
@@ -23,3 +23,9 @@ bench:  ## bench/llm_step.py needs the bench extra (TRL): pip install -e ".[benc
 
 demo:  ## the CPU demo: SmolLM2 with task-reward RL and with sharpening, evaluated on held-out problems (~30 min)
 	$(PY) bench/cpu_demo.py
+
+# One single-threaded runner per core: they share the grid run by run (bench/cpu_grid.py, claim).
+GRID_RUNNERS ?= 2
+
+cpu-grid:  ## every regime on SmolLM2-135M (configs/cpu/grid/grid.yaml) -> results/cpu; resumable: re-run to continue
+	for i in $$(seq $(GRID_RUNNERS)); do OMP_NUM_THREADS=1 nice -n 10 $(PY) bench/cpu_grid.py & done; wait

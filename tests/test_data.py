@@ -77,14 +77,15 @@ def test_bad_sources_say_what_is_allowed(tmp_path):
 
 # --- synthetic arithmetic ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("task, digits", [("add", 1), ("sub", 2), ("mul", 1), ("add_sub", 3), ("mul", 4)])
+@pytest.mark.parametrize("task, digits", [("add", 1), ("sub", 2), ("mul", 1), ("add_sub", 3), ("mul", 4), ("add3", 1),
+                                          ("add3", 2)])
 def test_synthetic_answers_are_exact(task, digits):
     problems = synthetic_problems(50, task=task, digits=digits, seed=7)
     for p in problems:
         operands = [int(x) for x in re.findall(r"\d+", p.problem)]
         ops = re.findall(r" ([+\-*]) ", p.problem)
         assert p.problem.startswith("What is ") and p.problem.endswith("?")
-        assert len(operands) == (3 if task == "add_sub" else 2)
+        assert len(operands) == (3 if task in ("add_sub", "add3") else 2)
         lo = 0 if digits == 1 else 10 ** (digits - 1)
         assert all(lo <= x < 10**digits for x in operands)
         value = operands[0]
@@ -129,6 +130,17 @@ def test_format_prompt_with_smollm2_chat_template():
                 "<|im_start|>assistant\n\\boxed{")
     assert text == expected
     assert PAPER_TEMPLATE.count("{problem}") == 1
+
+
+def test_worked_sum_template_shows_two_worked_sums_then_the_question():
+    class Plain:  # a chat template that shows the user turn as it is
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return f"[user]{messages[0]['content']}[assistant]"
+
+    text = format_prompt(Plain(), "What is 59 + 63?", template="worked_sum", prefill="\\boxed{")
+    assert text == ("[user]What is 12 + 35?\n\\boxed{12 + 35 = 47}\n\nWhat is 26 + 51?\n\\boxed{26 + 51 = 77}\n\n"
+                    "What is 59 + 63?[assistant]\\boxed{")
+    assert 12 + 35 == 47 and 26 + 51 == 77  # the worked examples are right
 
 
 def test_synthetic_train_and_test_splits_never_share_a_question():

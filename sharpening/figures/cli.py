@@ -14,7 +14,8 @@ def add_parser(subparsers) -> None:
         description="Draw every paper-style figure as PNG and PDF, and write an index README.md beside them.")
     p.add_argument("--out", default="figures", help="output folder (default: figures)")
     p.add_argument("--runs", default=None, metavar="DIR",
-                   help="folder of logged LLM runs; every eval.json under it is drawn in the pass@k figure")
+                   help="folder of LLM run results (run folders with config.yaml, metrics.jsonl, eval.json; base "
+                        "evaluations' eval.json) drawn by the llm_* figures (default: the committed results/)")
     p.add_argument("--only", nargs="+", default=None, metavar="NAME",
                    help=f"draw only these figures, of: {', '.join(gallery.NAMES)}")
     p.add_argument("--quick", action="store_true", help="small settings (seconds): fewer seeds and steps")

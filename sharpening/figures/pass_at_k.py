@@ -35,6 +35,15 @@ class EvalResult:
     regime: Regime | None
     step: int | None
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    model: str = ""
+    lengths: dict[str, float] = field(default_factory=dict)  # mean response length (tokens) per data set
+    temperature: float = 1.0  # the sampling temperature of the evaluation
+    problems: dict[str, dict[str, float]] = field(default_factory=dict)  # per data set {problem id: share correct}
+
+    @property
+    def mean_length(self) -> float:
+        """Mean response length on the first data set (nan when the file has none)."""
+        return next(iter(self.lengths.values()), float("nan"))
 
     @property
     def label(self) -> str:
@@ -55,7 +64,8 @@ def read_eval(path) -> EvalResult:
         regime = None if data["regime"] is None else Regime.from_spec(data["regime"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: bad regime {data['regime']!r}: {err}") from err
-    result = EvalResult(str(path), str(data["run"]), regime, data.get("step"))
+    result = EvalResult(str(path), str(data["run"]), regime, data.get("step"), model=str(data.get("model", "")),
+                        temperature=float(data.get("temperature") or 1.0))
     if not isinstance(data["datasets"], dict) or not data["datasets"]:
         raise ValueError(f"{path}: 'datasets' must be a non-empty {{name: results}} object")
     for name, scores in data["datasets"].items():
@@ -71,6 +81,13 @@ def read_eval(path) -> EvalResult:
                 raise ValueError(f"{path}: datasets.{name}.{metric} must map k = \"1\", \"2\", ... "
                                  f"to numbers, got {table!r}") from err
             result.curves[name][metric] = (k, value)
+        if isinstance(scores.get("mean_length"), (int, float)):
+            result.lengths[name] = float(scores["mean_length"])
+        try:
+            result.problems[name] = {str(p["id"]): p["correct"] / p["n"] for p in scores.get("problems", [])}
+        except (KeyError, TypeError, ZeroDivisionError) as err:
+            raise ValueError(f"{path}: datasets.{name}.problems must be a list of {{id, correct, n > 0}}, "
+                             f"got {str(scores.get('problems'))[:200]}") from err
     return result
 
 

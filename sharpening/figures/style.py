@@ -144,10 +144,13 @@ def log_ticks(ax, ticks, axis: str = "x"):
     return ax
 
 
-def band(ax, x, values, regime: Regime | None = None, omit: tuple[str, ...] = (), **overrides):
-    """Median across seeds as a line, the 25-75% range as a shaded band. values: [len(x), n_seeds]."""
+def band(ax, x, values, regime: Regime | None = None, omit: tuple[str, ...] = (), quantiles=(25, 50, 75),
+         **overrides):
+    """Median across seeds as a line, the 25-75% range as a shaded band. values: [len(x), n_seeds].
+
+    quantiles: (low, middle, high) percentiles; (0, 50, 100) draws the full range, for a handful of seeds."""
     values = np.asarray(values, dtype=float)
-    lo, med, hi = np.nanpercentile(values, [25, 50, 75], axis=-1)
+    lo, med, hi = np.nanpercentile(values, quantiles, axis=-1)
     (drawn,) = ax.plot(x, med, **line(regime, omit, **overrides))
     ax.fill_between(x, lo, hi, color=drawn.get_color(), alpha=0.2, linewidth=0)
     return drawn

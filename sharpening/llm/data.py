@@ -27,12 +27,18 @@ PAPER_TEMPLATE = (
 # The same words with the LaTeX command as LaTeX writes it (one backslash; two read as a line break `\\` then
 # "boxed{}"): for new work, where matching the authors' exact prompt is not the point.
 PAPER_TEX_TEMPLATE = PAPER_TEMPLATE.replace("\\\\boxed", "\\boxed")
+# Two worked two-digit additions, each answered by the sum restated with its value in the box. With it (and the
+# prefill \boxed{) SmolLM2-135M writes `\boxed{59 + 63 = 122}`: held-out pass@1 ~0.25 on synthetic:add:2, where
+# "plain" gets ~0.02 (measured; docs/llm_evidence.md). A correct answer this way takes 12 tokens or more.
+WORKED_SUM_TEMPLATE = ("What is 12 + 35?\n\\boxed{12 + 35 = 47}\n\nWhat is 26 + 51?\n\\boxed{26 + 51 = 77}\n\n"
+                       "{problem}")
 # Named templates; any other string with a {problem} placeholder is a template of its own. "plain" (the bare
 # question) is what SmolLM2-135M can partly solve: with the paper's prompt it scores 0% on a + b (measured).
-TEMPLATES = {"paper": PAPER_TEMPLATE, "paper_tex": PAPER_TEX_TEMPLATE, "plain": "{problem}"}
+TEMPLATES = {"paper": PAPER_TEMPLATE, "paper_tex": PAPER_TEX_TEMPLATE, "plain": "{problem}",
+             "worked_sum": WORKED_SUM_TEMPLATE}
 
 BENCHMARKS = ("math500", "minerva_math", "aime24", "aime25", "hmmt25", "amc23", "gsm8k_test", "math_train")
-SYNTHETIC_TASKS = ("add", "sub", "mul", "add_sub")
+SYNTHETIC_TASKS = ("add", "sub", "mul", "add_sub", "add3")
 _SEED_STRIDE = 1_000_003  # synthetic seeds far apart so that splits drawn with different seeds rarely collide
 
 
@@ -156,7 +162,8 @@ def synthetic_problems(n: int, task: str = "add", digits: int = 1, seed: int = 0
                        split: str | None = None) -> list[Problem]:
     """n arithmetic problems "What is a + b?" with exact integer answers; operands have `digits` digits.
 
-    task: add (a + b), sub (a - b, may be negative), mul (a * b) or add_sub (a + b - c). Problem k of a seed
+    task: add (a + b), sub (a - b, may be negative), mul (a * b), add_sub (a + b - c) or add3 (a + b + c: the
+    sum of three numbers, the CPU evidence grid's task, docs/llm_evidence.md). Problem k of a seed
     is a fixed function of (task, digits, seed, k), with id "synthetic:<task>:<digits>/<seed>/<k>": ids of
     different seeds never coincide. split="train" or "test" keeps only the questions of that split
     (synthetic_split: about 70% / 30% of the distinct questions, by a hash), so training and held-out
@@ -181,6 +188,7 @@ def synthetic_problems(n: int, task: str = "add", digits: int = 1, seed: int = 0
             "sub": (f"{a} - {b}", a - b),
             "mul": (f"{a} * {b}", a * b),
             "add_sub": (f"{a} + {b} - {c}", a + b - c),
+            "add3": (f"{a} + {b} + {c}", a + b + c),
         }[task]
         if split is not None and synthetic_split(f"What is {question}?") != split:
             continue
