@@ -57,6 +57,22 @@ def _no_data(ax, text: str):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _model_rows(axes, models: list[str], tall: bool = False) -> np.ndarray:
+    """The [n_models, 3] grid of a per-model figure: the given axes, or new ones (taller rows for dense panels)."""
+    if axes is None:
+        size = {"figsize": (11, 3.4 * len(models))} if tall else {}
+        axes = style.axes(len(models), 3, squeeze=False, **size)
+    return np.reshape(axes, (len(models), 3))
+
+
+def _step0_panel(ax, step0: dict, model: str, panel) -> None:
+    """Draw a step-0 panel of the model, or say which command writes its step0.json."""
+    if model in step0:
+        panel(ax, step0[model])
+    else:
+        _no_data(ax, "no step0.json: python bench/llm_step0.py --config CONFIG --out DIR")
+
+
 def fig_llm_training_curves(results: Results, axes=None, fixed_length: bool = False):
     """Rows: models; columns: CURVES vs step, one band per condition at the model's main lr (EOS kept unless
     fixed_length). Returns the axes [n_models, len(CURVES)]."""
@@ -171,15 +187,10 @@ def fig_llm_length_bias(results: Results, axes=None):
     models = [m for m in results.models() if results.conditions(m, evaluated=True, families=PAPER_FAMILIES)]
     if not models:
         raise NoData(f"no evaluated training runs under {results.root}")
-    if axes is None:
-        axes = style.axes(len(models), 3, squeeze=False, figsize=(11, 3.4 * len(models)))
-    axes = np.reshape(axes, (len(models), 3))
+    axes = _model_rows(axes, models, tall=True)
     step0 = {s["model"]: s for s in read_step0(results.root)}
     for row, model in zip(axes, models):
-        if model in step0:
-            panel_step0_scatter(row[0], step0[model])
-        else:
-            _no_data(row[0], "no step0.json: python bench/llm_step0.py --config CONFIG --out DIR")
+        _step0_panel(row[0], step0, model, panel_step0_scatter)
         panel_by_condition(row[1], results, model, lambda e: e.mean_length, "held-out response length (tokens)",
                            lambda e: e.mean_length, "after training (dashed: π_ref)")
         panel_by_condition(row[2], results, model, lambda e: _first(e, "pass@k", 1), "held-out pass@1",
@@ -202,9 +213,7 @@ def fig_llm_signals(results: Results, axes=None):
     models = [m for m in results.models() if has_signal(m)]
     if not models:
         raise NoData(f"no evaluated label-free signal runs (majority_vote, self_certainty, ...) under {results.root}")
-    if axes is None:
-        axes = style.axes(len(models), 3, squeeze=False, figsize=(11, 3.4 * len(models)))
-    axes = np.reshape(axes, (len(models), 3))
+    axes = _model_rows(axes, models, tall=True)
     for row, model in zip(axes, models):
         lr = results.main_lr(model)
         for c, runs in results.conditions(model, lr, families=SIGNAL_FAMILIES).items():
@@ -322,15 +331,10 @@ def fig_llm_instability(results: Results, axes=None):
     models = results.models()
     if not models:
         raise NoData(f"no LLM results under {results.root}")
-    if axes is None:
-        axes = style.axes(len(models), 3, squeeze=False)
-    axes = np.reshape(axes, (len(models), 3))
+    axes = _model_rows(axes, models)
     step0 = {s["model"]: s for s in read_step0(results.root)}
     for row, model in zip(axes, models):
-        if model in step0:
-            panel_step0_variance(row[0], step0[model])
-        else:
-            _no_data(row[0], "no step0.json: python bench/llm_step0.py --config CONFIG --out DIR")
+        _step0_panel(row[0], step0, model, panel_step0_variance)
         panel_lr_sweep(row[1], results, model)
         panel_lr_curves(row[2], results, model)
     return style.figure_legend(axes, ncol=3)
