@@ -226,7 +226,8 @@ def write_index(outdir: str, made: list[str], opt: Options) -> str:
         previous = re.search(rf"`(sharpening figures --only {figure.name}\b[^`]*)`", old)
         cmd = command(figure.name, opt) if figure.name in made or not previous else previous[1]
         links = f"[PDF]({figure.name}.pdf)" + (f", [Markdown]({figure.name}.md)" if figure.markdown else "")
-        claim = f" Claims {figure.claim} of the README's claims table." if figure.claim else ""
+        plural = "s" if any(c in figure.claim for c in ",-") else ""
+        claim = f" Claim{plural} {figure.claim} of the README's claims table." if figure.claim else ""
         lines += [f"## {figure.name}", "", f"![{figure.name}]({figure.name}.png)", "",
                   f"{figure.caption}{claim} ({links})", "", f"`{cmd}`", ""]
     write_text(path, "\n".join(lines))
