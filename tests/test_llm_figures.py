@@ -141,6 +141,7 @@ def test_signals_figure_draws_the_signals_beside_task_reward_and_sharpening_and_
         write_run(tmp_path / f"mv{seed}", "majority_vote", [{**r, "reward/task": r["reward/task"] * seed} for r in rows],
                   seed=seed, eval_pass=p)
     write_run(tmp_path / "tempered", {"preset": "tempered", "alpha": 4}, rows, eval_pass=0.9)  # not a signal
+    write_run(tmp_path / "tr_fixed", "task_reward", rows, ignore_eos=True, eval_pass=0.8)  # EOS ignored: not drawn
     axes = llm.fig_llm_signals(load_results(tmp_path))
     curves = style.series(axes[0, 0])
     assert set(curves) == {"task reward", "majority vote"}

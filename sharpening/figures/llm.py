@@ -165,9 +165,12 @@ def panel_step0_scatter(ax, step0: dict):
 
 
 def panel_by_condition(ax, results: Results, model: str, value, ylabel: str, base_value=None, title: str = "",
-                       families: tuple[str, ...] = PAPER_FAMILIES):
-    """One column per evaluated condition at the main lr: each seed a dot, the mean a bar; the base model a line."""
-    conditions = results.conditions(model, results.main_lr(model), evaluated=True, families=families)
+                       families: tuple[str, ...] = PAPER_FAMILIES, fixed_length: bool = True):
+    """One column per evaluated condition at the main lr (the fixed-length variants too unless fixed_length is
+    False): each seed a dot, the mean a bar; the base model a line."""
+    conditions = {c: runs for c, runs in
+                  results.conditions(model, results.main_lr(model), evaluated=True, families=families).items()
+                  if fixed_length or not c.fixed_length}
     for i, (c, runs) in enumerate(conditions.items()):
         ys = [value(r.eval) for r in runs]
         kw = _line(c)
@@ -224,9 +227,11 @@ def fig_llm_signals(results: Results, axes=None):
                        legend=False)
         maj = max(_ks(results, model, "maj@k"))
         panel_by_condition(row[1], results, model, lambda e: _first(e, "pass@k", 1), "held-out pass@1",
-                           lambda e: _first(e, "pass@k", 1), "after training (dashed: π_ref)", SIGNAL_FAMILIES)
+                           lambda e: _first(e, "pass@k", 1), "after training (dashed: π_ref)", SIGNAL_FAMILIES,
+                           fixed_length=False)
         panel_by_condition(row[2], results, model, lambda e: _first(e, "maj@k", maj), f"held-out maj@{maj}",
-                           lambda e: _first(e, "maj@k", maj), "after training (dashed: π_ref)", SIGNAL_FAMILIES)
+                           lambda e: _first(e, "maj@k", maj), "after training (dashed: π_ref)", SIGNAL_FAMILIES,
+                           fixed_length=False)
     return style.figure_legend(axes, ncol=4)
 
 
