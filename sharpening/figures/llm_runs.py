@@ -285,15 +285,15 @@ def table_rows(results: Results, model: str) -> list[list[str]]:
     return rows
 
 
-def mode_split_rows(results: Results, model: str) -> list[list[str]]:
+def mode_split_rows(results: Results, model: str) -> tuple[list[str], list[list[str]]] | None:
     """Held-out pass@1 per condition (main lr) on the problems where the base model's mode is wrong, and where
     it is right. The mode's answer is read from pi_ref at its coldest token temperature: a problem's mode is
     right when at least half of those samples are correct. Every row uses the same split, so the rows compare
-    fairly (the split is noisy; the base row at temperature 1 shows how noisy). The first row is the header;
-    [] without a cold evaluation."""
+    fairly (the split is noisy; the base row at temperature 1 shows how noisy). (header, rows); None without a
+    cold evaluation."""
     colds = results.base_temperatures(model)
     if not colds or not colds[-1].problems:
-        return []
+        return None
     cold = next(iter(colds[-1].problems.values()))
     wrong = {i for i, share in cold.items() if share < 0.5}
     right = set(cold) - wrong
@@ -315,7 +315,11 @@ def mode_split_rows(results: Results, model: str) -> list[list[str]]:
         rows.append([c.label, str(len(runs)), _mean_range([w for w, _ in pairs]), _mean_range([r for _, r in pairs])])
     header = ["condition", "seeds", f"pass@1 where the mode is wrong ({len(wrong)} problems)",
               f"pass@1 where the mode is right ({len(right)} problems)"]
-    return [header] + rows
+    return header, rows
+
+
+def _markdown_table(header, rows) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def results_markdown(results: Results) -> str:
@@ -328,16 +332,12 @@ def results_markdown(results: Results) -> str:
              "sharpening/figures/llm_runs.py). Conditions at each model's main learning rate.", ""]
     for model in results.models():
         lr = results.main_lr(model) if any(r.model == model for r in results.runs) else math.nan
-        lines += [f"## {model}" + ("" if math.isnan(lr) else f" (lr {lr:g})"), "",
-                  "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-        lines += ["| " + " | ".join(row) + " |" for row in table_rows(results, model)]
-        lines.append("")
+        lines += [f"## {model}" + ("" if math.isnan(lr) else f" (lr {lr:g})"), ""]
+        lines += _markdown_table(TABLE_COLUMNS, table_rows(results, model)) + [""]
         split = mode_split_rows(results, model)
-        if split:
+        if split is not None:
             lines += [f"### {model}: where the base model's mode is wrong", "",
                       "Held-out pass@1 on the problems where π_ref's mode answers wrongly and where it answers "
-                      "rightly (`llm_runs.mode_split_rows`).", "",
-                      "| " + " | ".join(split[0]) + " |", "|" + "---|" * len(split[0])]
-            lines += ["| " + " | ".join(row) + " |" for row in split[1:]]
-            lines.append("")
+                      "rightly (`llm_runs.mode_split_rows`).", ""]
+            lines += _markdown_table(*split) + [""]
     return "\n".join(lines)
