@@ -18,7 +18,7 @@ def pytest_config() -> dict:
 
 
 def test_every_test_has_a_timeout_of_minutes_not_hours():
-    assert 60 <= pytest_config()["timeout"] <= 600
+    assert 60 <= pytest_config()["timeout"] <= 900
 
 
 def test_a_hung_test_fails_under_the_projects_config(tmp_path):
