@@ -33,3 +33,18 @@ def test_a_hung_test_fails_under_the_projects_config(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert time.monotonic() - t0 < 60
     assert done.returncode == 1 and "Timeout" in done.stdout and "1 failed, 1 passed" in done.stdout, done.stdout
+
+
+def test_accelerate_is_pinned_to_the_releases_checked_for_tied_embeddings_under_fsdp2():
+    """docs/gpu.md: accelerate 1.15.0 and 1.16.0's fsdp2_prepare_model put tied input and output embeddings in one
+    FSDP group (torch >= 2.13 raises otherwise); an unpinned accelerate could resolve to an unchecked release."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (accelerate,) = [Requirement(r) for r in extras["llm"] if Requirement(r).name == "accelerate"]
+    allowed = [v for v in ("0.34.0", "1.14.0", "1.15.0", "1.16.0", "1.17.0") if Version(v) in accelerate.specifier]
+    assert allowed == ["1.15.0", "1.16.0"]
+    assert Version(version("accelerate")) in accelerate.specifier  # what the tests here ran with
