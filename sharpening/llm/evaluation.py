@@ -290,15 +290,16 @@ def rescore_result(result: dict, graders=GRADERS, subsets: int = SUBSETS, seed: 
     answer, "pass@k": {k: .}, "maj@k": {rule: {k: .}}}}}, means over problems, every grader and every rule."""
     out = {}
     for name, d in result["datasets"].items():
-        problems, ks = d.get("problems", []), list(d["pass@k"])
+        problems, ks = d.get("problems", []), [int(k) for k in d["pass@k"]]
         if not problems or any("samples" not in p or "gold" not in p for p in problems):
             raise ValueError(f"datasets.{name} has no per-sample records (written before they were kept): "
                              "re-run the evaluation")
         rows = [rescore(p["samples"], p["gold"], ks, graders, subsets, seed) for p in problems]
         mean = lambda get: float(np.mean([get(r) for r in rows]))  # noqa: E731
         out[name] = {g: {"no_answer": mean(lambda r: r[g]["no_answer"]),
-                         "pass@k": {k: mean(lambda r: r[g]["pass@k"][k]) for k in ks},
-                         "maj@k": {rule: {k: mean(lambda r: r[g]["maj@k"][rule][k]) for k in ks} for rule in MAJ_RULES}}
+                         "pass@k": {str(k): mean(lambda r: r[g]["pass@k"][str(k)]) for k in ks},
+                         "maj@k": {rule: {str(k): mean(lambda r: r[g]["maj@k"][rule][str(k)]) for k in ks}
+                                   for rule in MAJ_RULES}}
                      for g in graders}
     return out
 

@@ -24,9 +24,7 @@ def grade_paper(response: str, gold: str, timeout: float = PAPER_TIMEOUT_S) -> t
     """(r, voting answer) of the paper's grader. Never raises, never hangs: an error or a call longer than `timeout`
     seconds gives (0.0, None), as the authors' environment does on an exception."""
     try:
-        from sharpening.llm.grading import warm_up
-
-        warm_up()
+        warm_up_paper()
         r, answer = call_with_timeout(__name__, "grade_paper_unguarded", [str(response), str(gold)], timeout,
                                       [0.0, None])
         return float(r), answer
@@ -48,3 +46,18 @@ def grade_paper_unguarded(response: str, gold: str) -> list:
     answer = next((p for p in pred_texts if any(verify(g, p, timeout_seconds=None) for g in gold_texts)),
                   pred_texts[0] if pred_texts else None)
     return [r, answer]
+
+
+_warm = False
+
+
+def warm_up_paper():
+    """The strict grader's warm-up, then one paper grading (its extraction patterns are compiled on first use, ~1 s),
+    once per process, outside any time limit: start-up must not count against a real answer's."""
+    global _warm
+    if not _warm:
+        from sharpening.llm.grading import warm_up
+
+        warm_up()
+        grade_paper_unguarded("so $x = \\frac{1}{2}$, i.e. 0.5", "\\frac12")
+        _warm = True
