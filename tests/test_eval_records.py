@@ -167,3 +167,31 @@ def test_trainer_passes_grader_and_reference_to_its_evaluations(tmp_path):
         samples = res["datasets"]["synthetic:add"]["problems"][0]["samples"]
         assert len(samples) == 2 and all(isinstance(s["lp_ref"], float) and s["lp_ref"] < 0 for s in samples)
         assert all("correct_paper" in s and s["finish"] in ("eos", "cap") for s in samples)
+
+
+# --- labels: every maj@k says its rule; files without one are the abstaining rule's ---------------------------
+
+def write_eval(path, maj_rule=None, regime=None):
+    path.mkdir(parents=True)
+    data = {"run": path.name, "regime": regime, "model": "smollm2", "n": 4, "step": None, "temperature": 1.0,
+            "datasets": {"d": {"num_problems": 1, "pass@k": {"1": 0.5, "16": 1.0}, "maj@k": {"1": 0.5, "16": 0.25},
+                               "mean_length": 9.0, "problems": [{"id": "a", "correct": 2, "n": 4}]}}}
+    if maj_rule is not None:
+        data["maj_rule"] = maj_rule
+    (path / "eval.json").write_text(json.dumps(data))
+    return path / "eval.json"
+
+
+def test_committed_maj_at_k_without_a_rule_is_labelled_abstaining(tmp_path):
+    from sharpening.figures.llm_runs import load_results, results_markdown
+    from sharpening.figures.pass_at_k import metric_label, read_eval
+
+    legacy, new = read_eval(write_eval(tmp_path / "old" / "base")), read_eval(write_eval(tmp_path / "new", "votes"))
+    assert (legacy.maj_rule, new.maj_rule) == ("abstains", "votes")
+    assert metric_label("maj@16", [legacy]) == "maj@16 (abstaining rule)"
+    assert metric_label("maj@16", [new]) == "maj@16 (paper's rule: no answer votes)"
+    assert metric_label("pass@16", [legacy]) == "pass@16"
+    header = [line for line in results_markdown(load_results(tmp_path / "old")).splitlines()
+              if line.startswith("| condition")]
+    assert header and all("| maj@16 (abstaining rule) |" in line for line in header)
+

@@ -14,7 +14,8 @@ import numpy as np
 
 from sharpening.figures import style
 from sharpening.figures.llm_runs import (LABELS, PAPER_FAMILIES, SIGNAL_FAMILIES, TABLE_COLUMNS, UNSTABLE, WINDOW, NoData,
-                                         Results, stability, table_rows)
+                                         Results, stability, table_columns, table_rows)
+from sharpening.figures.pass_at_k import metric_label
 from sharpening.objective import Regime
 
 SEED_RANGE = (0, 50, 100)  # median and min-max over seeds
@@ -134,8 +135,9 @@ def fig_llm_pass_at_k(results: Results, axes=None):
                     values = np.array([v for _, v in curves]).T  # [n_k, n_seeds]
                     drawn = ax.plot(k, values.mean(1), **_line(c))[0]
                     ax.fill_between(k, values.min(1), values.max(1), color=drawn.get_color(), alpha=0.12, linewidth=0)
-            style.decorate(ax, "k (samples per problem)", f"{metric} (held out)", f"{model}: {name}", legend=False,
-                           ylim=(-0.02, 1.02))
+            evals = [base, *results.base_temperatures(model), *(r.eval for rs in conditions.values() for r in rs)]
+            style.decorate(ax, "k (samples per problem)", f"{metric_label(metric, evals)} (held out)",
+                           f"{model}: {name}", legend=False, ylim=(-0.02, 1.02))
             ax.set_xscale("log", base=2)
             style.log_ticks(ax, [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= ax.get_xlim()[1] * 1.01])
     return style.figure_legend(axes, ncol=4)
@@ -229,7 +231,9 @@ def fig_llm_signals(results: Results, axes=None):
         panel_by_condition(row[1], results, model, lambda e: _first(e, "pass@k", 1), "held-out pass@1",
                            lambda e: _first(e, "pass@k", 1), "after training (dashed: π_ref)", SIGNAL_FAMILIES,
                            fixed_length=False)
-        panel_by_condition(row[2], results, model, lambda e: _first(e, "maj@k", maj), f"held-out maj@{maj}",
+        evals = [r.eval for rs in results.conditions(model, evaluated=True).values() for r in rs]
+        panel_by_condition(row[2], results, model, lambda e: _first(e, "maj@k", maj),
+                           f"held-out {metric_label(f'maj@{maj}', evals)}",
                            lambda e: _first(e, "maj@k", maj), "after training (dashed: π_ref)", SIGNAL_FAMILIES,
                            fixed_length=False)
     return style.figure_legend(axes, ncol=4)
@@ -364,7 +368,7 @@ def fig_llm_results_table(results: Results, ax=None):
         if not rows:
             _no_data(a, f"{model}: no evaluated runs")
             continue
-        table = a.table(cellText=rows, colLabels=TABLE_COLUMNS, loc="center", cellLoc="center")
+        table = a.table(cellText=rows, colLabels=table_columns(results, model), loc="center", cellLoc="center")
         table.auto_set_font_size(False)
         table.set_fontsize(7)
         table.auto_set_column_width(list(range(len(TABLE_COLUMNS))))

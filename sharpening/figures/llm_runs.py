@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from sharpening.figures import style
-from sharpening.figures.pass_at_k import EvalResult, read_eval
+from sharpening.figures.pass_at_k import EvalResult, metric_label, read_eval
 from sharpening.objective import Regime
 
 class NoData(ValueError):
@@ -241,6 +241,14 @@ TABLE_COLUMNS = ("condition", "seeds", "pass@1", "pass@16", "maj@16", "length", 
                  "unstable")
 
 
+def table_columns(results: Results, model: str) -> tuple:
+    """TABLE_COLUMNS, maj@16 labelled with the rule of the model's numbers ("abstaining rule" for results written
+    before the rule was named)."""
+    evals = [results.base_eval(model), *results.base_temperatures(model)]
+    evals += [r.eval for runs in results.conditions(model, evaluated=True).values() for r in runs]
+    return tuple(metric_label(c, evals) for c in TABLE_COLUMNS)
+
+
 def _mean_range(values, digits: int = 3) -> str:
     values = [v for v in values if v is not None and np.isfinite(v)]
     if not values:
@@ -333,7 +341,7 @@ def results_markdown(results: Results) -> str:
     for model in results.models():
         lr = results.main_lr(model) if any(r.model == model for r in results.runs) else math.nan
         lines += [f"## {model}" + ("" if math.isnan(lr) else f" (lr {lr:g})"), ""]
-        lines += _markdown_table(TABLE_COLUMNS, table_rows(results, model)) + [""]
+        lines += _markdown_table(table_columns(results, model), table_rows(results, model)) + [""]
         split = mode_split_rows(results, model)
         if split is not None:
             lines += [f"### {model}: where the base model's mode is wrong", "",
