@@ -305,3 +305,28 @@ def test_make_figures_draws_theory_toy_and_llm_figures_from_the_committed_result
     assert "| base model π_ref |" in table
     index = (tmp_path / "README.md").read_text()
     assert "![llm_pass_at_k](llm_pass_at_k.png)" in index and "Claims 4, 6 of the README's claims table" in index
+
+
+def test_step0_variance_splits_into_answer_and_after_answer_tokens():
+    # Two prompts x 3 responses of 4 tokens; the box closes after 2, 1, 3 tokens (prompt 1) and 4, 4, 4 (prompt 2).
+    tok1 = [[-1.0, -2.0, -3.0, -4.0], [-0.5, -0.5, -1.0, -1.0], [-2.0, -1.0, -1.0, -0.5]]
+    tok2 = [[-1.0, -1.0, -1.0, -1.0], [-2.0, -2.0, -2.0, -2.0], [-3.0, -3.0, -3.0, -3.0]]
+    step0 = {"max_length": 4, "prompts": [
+        {"fixed_length_lp_ref_tok": tok1, "fixed_length_answer_end": [2, 1, 3], "r": [0, 1, 0], "length": [3, 3, 3],
+         "lp_ref": [-3.0, -1.0, -4.0]},
+        {"fixed_length_lp_ref_tok": tok2, "fixed_length_answer_end": [4, 4, 4], "r": [1, 1, 1], "length": [4, 4, 4],
+         "lp_ref": [-4.0, -8.0, -12.0]}]}
+    # prompt 1: answer sums -3, -0.5, -4 and after sums -7, -2.5, -0.5; prompt 2: answer -4, -8, -12, after 0, 0, 0
+    def var(x):
+        m = sum(x) / len(x)
+        return sum((v - m) ** 2 for v in x) / len(x)
+
+    def cov(x, y):
+        mx, my = sum(x) / len(x), sum(y) / len(y)
+        return sum((a - mx) * (b - my) for a, b in zip(x, y)) / len(x)
+
+    v = llm.step0_variances(step0)
+    assert v["answer"] == pytest.approx((var([-3, -0.5, -4]) + var([-4, -8, -12])) / 2)
+    assert v["after"] == pytest.approx((var([-7, -2.5, -0.5]) + 0.0) / 2)
+    assert v["cov"] == pytest.approx((cov([-3, -0.5, -4], [-7, -2.5, -0.5]) + 0.0) / 2)
+    assert v["answer"] + v["after"] + 2 * v["cov"] == pytest.approx(v["lp_ref"][-1])  # the parts add up

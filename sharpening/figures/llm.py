@@ -311,6 +311,8 @@ def step0_variances(step0: dict) -> dict:
         log-probs were uncorrelated (the theory's i.i.d.-token model: linear in L for identical tokens)
     eos_length, eos_lp_ref: mean length and Var[lp_ref] of the responses that stop at EOS
     task: mean over prompts of p (1 - p), the task reward's variance (p: the prompt's share of correct samples)
+    answer, after, cov (when step0.json records fixed_length_answer_end): Var[lp_ref] of the max_length-token
+        responses split as Var[answer tokens' sum] + Var[after-answer tokens' sum] + 2 Cov[the two]
     """
     tok = [np.array(p["fixed_length_lp_ref_tok"]) for p in step0["prompts"]]  # each [G, max_length]
     p = np.array([np.mean(q["r"]) for q in step0["prompts"]])
@@ -319,7 +321,22 @@ def step0_variances(step0: dict) -> dict:
             "independent": np.mean([np.cumsum(np.var(t, axis=0)) for t in tok], axis=0),
             "eos_length": float(np.mean([np.mean(q["length"]) for q in step0["prompts"]])),
             "eos_lp_ref": float(np.mean([np.var(q["lp_ref"]) for q in step0["prompts"]])),
-            "task": float(np.mean(p * (1 - p)))}
+            "task": float(np.mean(p * (1 - p))), **_answer_split(step0)}
+
+
+def _answer_split(step0: dict) -> dict:
+    """Var[lp_ref] at the full fixed length split into the answer's tokens and the tokens after the answer."""
+    if not all("fixed_length_answer_end" in q for q in step0["prompts"]):
+        return {}
+    parts = {"answer": [], "after": [], "cov": []}
+    for q in step0["prompts"]:
+        tok, end = np.array(q["fixed_length_lp_ref_tok"]), np.array(q["fixed_length_answer_end"])
+        before = (np.arange(tok.shape[1])[None, :] < end[:, None])  # [G, L]: the answer's tokens
+        a, b = (tok * before).sum(1), (tok * ~before).sum(1)
+        parts["answer"].append(np.var(a))
+        parts["after"].append(np.var(b))
+        parts["cov"].append(np.mean((a - a.mean()) * (b - b.mean())))
+    return {k: float(np.mean(v)) for k, v in parts.items()}
 
 
 def panel_step0_variance(ax, step0: dict):
@@ -332,6 +349,10 @@ def panel_step0_variance(ax, step0: dict):
     style.theory(ax, v["L"], v["lp_ref"][0] * v["L"], label="linear in T through T = 1", linestyle=":")
     ax.plot([v["eos_length"]], [v["eos_lp_ref"]], **style.line(Regime.sharpening(), label="sharpening, stopped at EOS "
                                                                 "(mean length)", marker="*", markersize=9, linestyle="none"))
+    if "answer" in v:  # the full-length variance split into the answer's tokens and the tokens after it
+        ax.plot([v["L"][-1]] * 2, [v["answer"], v["after"]], linestyle="none", marker="_", markersize=10,
+                color=style.COLORS["theory"], label=f"at T = {v['L'][-1]}: answer tokens {v['answer']:.0f}, "
+                                                   f"after the answer {v['after']:.0f} nats²")
     ax.plot(v["L"], np.full(len(v["L"]), v["task"]), **style.line(Regime.task_reward(),
                                                                    label=f"task reward p(1-p) = {v['task']:.3f}"))
     style.decorate(ax, "response length T (tokens)", "Var[R] across a prompt's samples",
