@@ -330,3 +330,24 @@ def test_step0_variance_splits_into_answer_and_after_answer_tokens():
     assert v["after"] == pytest.approx((var([-7, -2.5, -0.5]) + 0.0) / 2)
     assert v["cov"] == pytest.approx((cov([-3, -0.5, -4], [-7, -2.5, -0.5]) + 0.0) / 2)
     assert v["answer"] + v["after"] + 2 * v["cov"] == pytest.approx(v["lp_ref"][-1])  # the parts add up
+
+
+def test_claim_1_is_scored_on_the_frozen_mode_wrong_questions_with_its_verdict(tmp_path):
+    from sharpening.figures.claims import COMPARISONS, compare
+    from sharpening.figures.llm_runs import Experiment
+
+    write_modes(tmp_path, wrong=["c", "d"], right=["a", "b"])
+    write_base(tmp_path / "base", 1.0, {"a": 2, "b": 1, "c": 1, "d": 0})
+    for seed in (1, 2):  # task reward: right everywhere; sharpening: right only where the mode is right
+        write_run(tmp_path / f"t{seed}", "task_reward", [{}], seed=seed, eval_pass=1.0,
+                  problems={"a": 4, "b": 4, "c": 4, "d": 4})
+        write_run(tmp_path / f"s{seed}", "sharpening", [{}], seed=seed, eval_pass=0.5,
+                  problems={"a": 4, "b": 4, "c": 0, "d": 0})
+    results = load_results(tmp_path)
+    claim1 = next(c for c in COMPARISONS if c.claim == "1")
+    out = compare(results, Experiment("smollm2", "d", 0), claim1)
+    # on c and d every seed scores 1.0 (task reward) vs 0.0 (sharpening): the difference is 1 in every resample
+    assert (out["estimate"].value, out["estimate"].lo, out["estimate"].hi) == (1.0, 1.0, 1.0)
+    assert out["verdict"] == "confirmed" and out["questions"] == 2
+    claim5 = next(c for c in COMPARISONS if c.claim == "5")  # no tilted or tempered runs: reported, not dropped
+    assert compare(results, Experiment("smollm2", "d", 0), claim5)["note"] == "not run"

@@ -86,8 +86,13 @@ class Run:
         return bool(self.config.get("ignore_eos", False))
 
     @property
+    def clipped(self) -> bool:
+        """Gradient clipping on (max_grad_norm finite; .inf turns it off)."""
+        return math.isfinite(float(self.config.get("max_grad_norm", 1.0)))
+
+    @property
     def condition(self) -> "Condition":
-        return Condition(self.model, self.regime, self.fixed_length, self.lr)
+        return Condition(self.model, self.regime, self.fixed_length, self.lr, self.clipped)
 
     @property
     def experiment(self) -> "Experiment":
@@ -129,10 +134,12 @@ class Condition:
     regime: Regime
     fixed_length: bool
     lr: float
+    clipped: bool = True
 
     @property
     def label(self) -> str:
-        return style.label(self.regime) + (", fixed length" if self.fixed_length else "")
+        return (style.label(self.regime) + (", fixed length" if self.fixed_length else "")
+                + ("" if self.clipped else ", no clipping"))
 
 
 @dataclass
@@ -184,7 +191,7 @@ def _order(c: Condition):
     """Conditions in the paper's order: task reward, sharpening, tempered, tilted, mixed, then the label-free
     signals; fixed length last."""
     rank = list(style.COLORS).index(style.family(c.regime))  # COLORS lists the families in that order
-    return (c.fixed_length, rank, c.regime.alpha, c.regime.beta_inv, c.lr)
+    return (c.fixed_length, not c.clipped, rank, c.regime.alpha, c.regime.beta_inv, c.lr)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -448,4 +455,7 @@ def results_markdown(results: Results) -> str:
                           " Exploratory for this experiment: the split was not pre-registered for it." if note else ""),
                       ""]
             lines += _markdown_table(*split) + [""]
+        from sharpening.figures.claims import claims_markdown
+
+        lines += claims_markdown(results, exp, exploratory=bool(note))
     return "\n".join(lines)
