@@ -115,7 +115,9 @@ def test_evaluation_keeps_the_engine_awake_between_calls():
     from sharpening.llm.vllm_engine import VLLMEngine
 
     backend = RecordingBackend()
-    engine = VLLMEngine("unused", ChatCharTokenizer(), backend=backend)
+    # level 1 (weights kept): a level-2 sleep would need a weight sync before the second evaluation (tested in
+    # test_gpu_plan.py and, with the trainer, test_gpu_path.py)
+    engine = VLLMEngine("unused", ChatCharTokenizer(), sleep_level=1, backend=backend)
     problems = [Problem(str(i), "abc", "1") for i in range(3)]
     evaluate(engine, problems, n=2, ks=(1,), max_new_tokens=3, template="{problem}", prompts_per_call=1)
     assert backend.calls == ["generate"] * 3  # started awake, stayed awake
