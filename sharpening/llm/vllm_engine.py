@@ -20,6 +20,12 @@ another attention implementation), hence `is_correction = True`: the trainer pas
 `logp_engine` to `objective.pg_loss`, whose truncated weight min(pi_theta / pi_engine, is_cap) corrects
 the mismatch.
 
+LoRA (cfg.lora): the engine serves the adapter with vLLM's LoRA support instead of syncing merged weights. vLLM then
+computes W x + (alpha / r) B A x as the trainer does, the base W untouched in bf16; merged weights W + (alpha / r) B A
+rounded to bf16 would drop every update smaller than W's bf16 spacing (2**-8 of |W|), so the engine would sample
+from a policy the trainer has already left. `sync_weights` writes the adapter (peft's folder, a few MB) and the next
+`generate` passes a new LoRARequest for it (a new id per version: vLLM caches adapters by id). docs/lora.md.
+
 Parameter names: vLLM's `model.load_weights` takes Hugging Face names and fuses q/k/v into qkv_proj and
 gate/up into gate_up_proj itself, so only wrapper prefixes (FSDP, activation checkpointing, DDP,
 torch.compile) are stripped here; `vllm_param_name` says where each HF tensor lands, to check that a
@@ -29,6 +35,7 @@ sync is complete. `import vllm` happens only when an engine is built.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import torch
 
@@ -171,15 +178,20 @@ class VLLMEngine:
 
     def __init__(self, model_path: str, tokenizer, *, gpu_memory_utilization: float = 0.3,
                  max_model_len: int | None = None, dtype: str = "bfloat16", sleep_level: int = 1,
-                 seed: int = 0, backend=None):
+                 seed: int = 0, backend=None, lora_rank: int | None = None, adapter: str | None = None):
         """model_path: the policy's initial weights, a local HF folder or a model in the HF cache (no download).
         sleep_level: 0 keeps the engine resident, 1 parks its weights in CPU RAM during training.
-        backend: what runs the samples (default: vLLM in this process); tests pass a stand-in."""
+        backend: what runs the samples (default: vLLM in this process); tests pass a stand-in.
+        lora_rank: serve a LoRA adapter of this rank on the base model_path (sync_weights then sends the adapter);
+        adapter: a saved adapter folder to serve from the start (evaluation of a LoRA checkpoint)."""
         if sleep_level not in (0, 1):
             raise ValueError(f"sleep_level={sleep_level!r} must be 0 (stay resident) or 1 (weights to CPU RAM)")
         self.tokenizer, self.sleep_level = tokenizer, sleep_level
         self.backend = backend or _VLLMBackend(model_path, gpu_memory_utilization, max_model_len, dtype,
-                                               sleep_level > 0, seed)
+                                               sleep_level > 0, seed, lora_rank)
+        self.lora = lora_rank is not None
+        self.adapter_dir = tempfile.mkdtemp(prefix="sharpening-adapter-") if self.lora else None
+        self.adapter = adapter  # the folder of the adapter that generate serves (None: the base, or full training)
         self.sync = WeightSync()
         self.awake = {"weights": True, "kv_cache": True}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -190,6 +202,14 @@ class VLLMEngine:
 
     def sync_weights(self, model) -> dict:
         """Load the policy's current weights into the engine (gathering FSDP shards): call after every step."""
+        if self.lora:  # the adapter alone, as a peft folder that vLLM's LoRA loader reads at the next generate
+            from sharpening.llm.lora import write_adapter
+
+            self.adapter = os.path.join(self.adapter_dir, f"v{self.sync.policy_version}")
+            n_bytes = write_adapter(model, self.adapter)
+            self.backend.reset_prefix_cache()
+            self.sync.synced()
+            return {"tensors": None, "bytes": n_bytes, "version": self.sync.engine_version}
         self._wake("weights")  # loading into parked weights writes to freed memory (trl#5142)
         names, n_bytes = [], 0
         for name, tensor in hf_weights(model):
@@ -210,7 +230,8 @@ class VLLMEngine:
         self.wake_up()  # vLLM schedules again only once weights and KV cache are both back
         enc = self.tokenizer(list(prompts), add_special_tokens=False)
         samples = self.backend.generate(enc["input_ids"], n=n, max_new_tokens=max_new_tokens,
-                                        temperature=temperature, top_p=top_p, ignore_eos=ignore_eos, seed=seed)
+                                        temperature=temperature, top_p=top_p, ignore_eos=ignore_eos, seed=seed,
+                                        **({} if self.adapter is None else {"adapter": self.adapter}))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         return rollout_from_samples(enc["input_ids"], samples, self.pad_id, self.tokenizer, device)
 
@@ -248,7 +269,8 @@ def import_vllm():
 class _VLLMBackend:
     """vLLM's LLM in this process (external_launcher: one engine per torchrun/accelerate rank)."""
 
-    def __init__(self, model_path, gpu_memory_utilization, max_model_len, dtype, enable_sleep_mode, seed):
+    def __init__(self, model_path, gpu_memory_utilization, max_model_len, dtype, enable_sleep_mode, seed,
+                 lora_rank=None):
         vllm = import_vllm()
         self.rank = rank = int(os.environ.setdefault("RANK", "0"))
         os.environ.setdefault("LOCAL_RANK", "0")
@@ -256,9 +278,13 @@ class _VLLMBackend:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29511")
         self.vllm = vllm
+        # LoRA: vLLM's own LoRA layers (EngineArgs enable_lora, max_lora_rank, max_loras); one adapter at a time
+        lora = ({} if lora_rank is None else
+                {"enable_lora": True, "max_lora_rank": vllm_lora_rank(lora_rank), "max_loras": 1})
         self.llm = vllm.LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                             max_model_len=max_model_len, enable_sleep_mode=enable_sleep_mode,
-                            distributed_executor_backend="external_launcher", seed=seed + rank)
+                            distributed_executor_backend="external_launcher", seed=seed + rank, **lora)
+        self.adapters = {}  # adapter folder -> its LoRARequest (ids are vLLM's cache keys: one per folder)
 
     def load_weights(self, pairs):
         """vLLM's own load_weights (HF names in, fused in place), run on the in-process worker's model by
@@ -278,12 +304,34 @@ class _VLLMBackend:
         torch.cuda.empty_cache()  # hand the trainer's cached blocks back before vLLM maps its own
         self.llm.wake_up(tags=tags)
 
-    def generate(self, prompt_ids, n, max_new_tokens, temperature, top_p, ignore_eos, seed):
+    def lora_request(self, adapter):
+        """vllm.lora.request.LoRARequest(lora_name, lora_int_id, lora_path) for a saved adapter folder, or None."""
+        if adapter is None:
+            return None
+        if adapter not in self.adapters:
+            from vllm.lora.request import LoRARequest
+
+            self.adapters[adapter] = LoRARequest(f"policy-{len(self.adapters) + 1}", len(self.adapters) + 1, adapter)
+        return self.adapters[adapter]
+
+    def generate(self, prompt_ids, n, max_new_tokens, temperature, top_p, ignore_eos, seed, adapter=None):
         # one seed per (step seed, rank, prompt): seed + i would reuse streams across consecutive steps
         seeds = [None if seed is None else hash((seed, self.rank, i)) % 2**31 for i in range(len(prompt_ids))]
         params = [self.vllm.SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                            ignore_eos=ignore_eos, logprobs=0, seed=s) for s in seeds]
-        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False,
+                                    lora_request=self.lora_request(adapter))
         return [[(list(c.token_ids), [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)],
                   c.finish_reason == "length")
                  for c in out.outputs] for out in outputs]
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks (0.33.0)
+
+
+def vllm_lora_rank(r: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds an adapter of rank r."""
+    fits = [k for k in VLLM_LORA_RANKS if k >= r]
+    if not fits:
+        raise ValueError(f"lora.r={r} exceeds vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+    return fits[0]
