@@ -28,7 +28,7 @@ VLLM = {  # read from vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl by bench/v
     "requires": {"torch": "==2.14.0", "transformers": "<5.21.0,>=5.16.1"},
     # entrypoints/llm.py LLM.__init__ parameters; the rest reach engine/arg_utils.py EngineArgs through **kwargs
     "LLM kwargs": {"model", "dtype", "seed", "gpu_memory_utilization", "max_model_len", "enable_sleep_mode",
-                   "distributed_executor_backend"},
+                   "distributed_executor_backend", "enable_lora", "max_lora_rank", "max_loras"},
     # entrypoints/llm.py: the LLM methods and their parameters
     "LLM methods": {"generate": ["prompts", "sampling_params", "use_tqdm", "lora_request", "priority",
                                  "tokenization_kwargs", "mm_processor_kwargs"],
@@ -59,6 +59,10 @@ VLLM = {  # read from vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl by bench/v
     "load_weights params": ["weights"],
     "stacked": {".q_proj": (".qkv_proj", "q"), ".k_proj": (".qkv_proj", "k"), ".v_proj": (".qkv_proj", "v"),
                 ".gate_proj": (".gate_up_proj", 0), ".up_proj": (".gate_up_proj", 1)},
+    # lora/request.py LoRARequest fields (a msgspec Struct: positional in this order); config/lora.py MaxLoRARanks.
+    # Read from the vllm-0.33.0 sdist (the same Python sources as the wheel)
+    "LoRARequest": ["lora_name", "lora_int_id", "lora_path", "base_model_name", "load_inplace", "is_3d_lora_weight"],
+    "max lora ranks": (1, 8, 16, 32, 64, 128, 256, 320, 512),
 }
 
 
@@ -143,3 +147,16 @@ def test_gpu_extra_pins_vllm_with_the_torch_and_transformers_it_requires():
     llm = {r.name: r.specifier for r in map(Requirement, extras["llm"])}
     # `pip install -e ".[gpu,llm]"` must resolve: some transformers satisfies both extras (5.20.0 does)
     assert Version("5.20.0") in gpu["transformers"] and Version("5.20.0") in llm["transformers"]
+
+
+def test_lora_is_served_through_vllms_lora_support(engine_tree):
+    """LoRA runs: LLM(enable_lora, max_lora_rank, max_loras), one LoRARequest(lora_name, lora_int_id, lora_path) per
+    adapter folder passed to LLM.generate, and max_lora_rank one of the ranks vLLM takes."""
+    from sharpening.llm.vllm_engine import VLLM_LORA_RANKS
+
+    (request,) = calls(engine_tree, "LoRARequest")
+    assert not request.keywords and len(request.args) == 3  # lora_name, lora_int_id, lora_path
+    assert VLLM["LoRARequest"][:3] == ["lora_name", "lora_int_id", "lora_path"]
+    assert VLLM_LORA_RANKS == VLLM["max lora ranks"]
+    (generate,) = [c for c in calls(function(engine_tree, "_VLLMBackend", "generate"), "generate")]
+    assert "lora_request" in {k.arg for k in generate.keywords} and "lora_request" in VLLM["LLM methods"]["generate"]

@@ -278,12 +278,13 @@ class _VLLMBackend:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29511")
         self.vllm = vllm
-        # LoRA: vLLM's own LoRA layers (EngineArgs enable_lora, max_lora_rank, max_loras); one adapter at a time
-        lora = ({} if lora_rank is None else
-                {"enable_lora": True, "max_lora_rank": vllm_lora_rank(lora_rank), "max_loras": 1})
+        # LoRA: vLLM's own LoRA layers (EngineArgs enable_lora, max_lora_rank, max_loras; the rank is ignored without
+        # enable_lora), one adapter at a time
         self.llm = vllm.LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                             max_model_len=max_model_len, enable_sleep_mode=enable_sleep_mode,
-                            distributed_executor_backend="external_launcher", seed=seed + rank, **lora)
+                            distributed_executor_backend="external_launcher", seed=seed + rank,
+                            enable_lora=lora_rank is not None, max_lora_rank=vllm_lora_rank(lora_rank or 1),
+                            max_loras=1)
         self.adapters = {}  # adapter folder -> its LoRARequest (ids are vLLM's cache keys: one per folder)
 
     def load_weights(self, pairs):
