@@ -195,3 +195,97 @@ def test_a_lora_run_evaluates_through_the_cli(run_a, tmp_path, capsys):
     roll = tr.engine.generate(prompts, n=2, max_new_tokens=8, temperature=1.0, top_p=1.0, seed=0)
     correct = [sum(grade("\\boxed{" + roll.texts[2 * i + j], p.answer) for j in range(2)) for i, p in enumerate(problems)]
     assert [q["correct"] for q in result["datasets"]["synthetic:add"]["problems"]] == correct
+
+
+# ---------------------------------------------------------------------------------------------------------
+# vLLM serves the adapter (a stand-in backend: vLLM runs on CUDA only), the memory plan, the one-GPU configs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_the_vllm_engine_serves_the_current_adapter_after_every_step(tmp_path):
+    """sync_weights writes the adapter as a peft folder (which peft's own loader turns back into the same policy)
+    and the next generate serves that folder; a new folder per optimizer step, the base never resent."""
+    from peft import PeftModel
+    from test_gpu_plan import CharTokenizer, RecordingBackend, tiny_llama
+
+    from sharpening.llm.lora import apply_lora
+    from sharpening.llm.vllm_engine import VLLMEngine
+
+    class Backend(RecordingBackend):
+        def generate(self, prompt_ids, n, max_new_tokens, temperature, top_p, ignore_eos, seed, adapter=None):
+            self.calls.append(("adapter", adapter))
+            return super().generate(prompt_ids, n, max_new_tokens, temperature, top_p, ignore_eos, seed)
+
+    policy = apply_lora(tiny_llama(), LoraSettings(r=2))
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    backend = Backend()
+    engine = VLLMEngine("unused", CharTokenizer(), backend=backend, lora_rank=2)
+    engine.track(opt)
+    engine.generate(["ab"], n=2, max_new_tokens=3)  # step 1 samples the base: B = 0, no adapter to serve yet
+    served = []
+    for step in (1, 2):
+        ids = torch.tensor([[1, 2, 3, 4]])
+        (-policy(input_ids=ids).logits.log_softmax(-1)[..., 1].mean()).backward()
+        opt.step()
+        opt.zero_grad()
+        info = engine.sync_weights(policy)
+        engine.generate(["ab"], n=2, max_new_tokens=3)
+        served.append(backend.calls[-2][1])
+        assert info["version"] == step and "load" not in backend.calls  # the base weights are never resent
+        reloaded = PeftModel.from_pretrained(tiny_llama(), served[-1]).eval()
+        with torch.no_grad():
+            assert torch.equal(reloaded(input_ids=ids).logits, policy.eval()(input_ids=ids).logits)
+        policy.train()
+    assert [c for c in backend.calls if c[0] == "adapter"] == [("adapter", None), ("adapter", served[0]),
+                                                                ("adapter", served[1])]
+    assert served[0] != served[1]
+
+
+def test_the_memory_plan_of_lora_by_hand():
+    """Qwen2.5-3B on one GPU: LoRA r 16 on all linear layers holds the bf16 base (2 P), the adapter's fp32 weights,
+    gradients and AdamW moments (16 P_A), no reference copy; its backward skips the base's weight gradients."""
+    from sharpening.llm.gpu_plan import GiB, model_spec, plan
+
+    spec = model_spec("Qwen/Qwen2.5-3B-Instruct")
+    # per layer: q (2048 -> 2048), k and v (2048 -> 256), o (2048 -> 2048), gate and up (2048 -> 11008), down
+    P_A = 36 * 16 * ((2048 + 2048) + 2 * (2048 + 256) + (2048 + 2048) + 3 * (2048 + 11008))
+    assert spec.lora_params(16) == P_A and spec.lora_params(16, ["q_proj"]) == 36 * 16 * 4096
+    base = ["model=Qwen/Qwen2.5-3B-Instruct", "prompts_per_step=32", "max_new_tokens=2048", "engine=vllm",
+            "dtype=bfloat16", "micro_batch_size=4", "regime=sharpening"]
+    full, lora = plan(load_config(None, base), 1), plan(load_config(None, base + ["lora.r=16"]), 1)
+    P = spec.params
+    assert lora.memory["policy_states"] == round((2 * P + 16 * P_A) / GiB, 2)
+    assert lora.memory["reference"] == 0 and full.memory["reference"] == round(2 * P / GiB, 2)
+    assert lora.memory["vllm_weights"] == round((2 * P + 2 * P_A) / GiB, 2)
+    assert lora.memory["activations"] == full.memory["activations"]  # the backward still runs through every layer
+    assert lora.seconds["train"] / full.seconds["train"] == pytest.approx((4 + 2 + 2) / (6 + 2 + 2), abs=0.01)
+
+
+def test_one_gpu_lora_configs_are_what_the_generator_writes_and_fit():
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    from sharpening.llm.gpu_plan import plan
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    spec = importlib.util.spec_from_file_location("make_paper_configs", root / "make_paper_configs.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    runs = generator.lora_runs()
+    on_disk = {(p.parents[1].name, f"lora/{p.stem}") for p in (root / "paper").glob("*/lora/*.yaml")}
+    assert on_disk == set(runs) and len(runs) == 2 * (3 + 3 + 2)  # Qwen3-4B at 4096 tokens fits 48 and 80 GB only
+    gpus = generator.lora_gpus()
+    for (model, name), (cfg, header) in runs.items():
+        path = root / "paper" / model / f"{name}.yaml"
+        assert yaml.safe_load(path.read_text()) == cfg
+        loaded = load_config(path)
+        assert loaded.lora == LoraSettings(r=16, alpha=32) and loaded.lr == 1e-5
+        paper = load_config(root / "paper" / model / f"{name.split('/')[1].rsplit('_', 1)[0]}.yaml")
+        same = {k for k in paper.to_dict() if k not in ("run_name", "lora", "lr", "micro_batch_size")}
+        assert {k: loaded.to_dict()[k] for k in same} == {k: paper.to_dict()[k] for k in same}
+        gpu = gpus[name.rsplit("_", 1)[1]]
+        p = plan(loaded, 1, gpu.memory_gib, gpu=gpu)
+        peak = max(p.memory["train_peak"], p.memory["rollout_peak"])
+        assert p.fits and peak <= gpu.memory_gib and f"planned peak memory {peak:.1f} GiB" in header[2]
