@@ -289,3 +289,29 @@ def test_one_gpu_lora_configs_are_what_the_generator_writes_and_fit():
         p = plan(loaded, 1, gpu.memory_gib, gpu=gpu)
         peak = max(p.memory["train_peak"], p.memory["rollout_peak"])
         assert p.fits and peak <= gpu.memory_gib and f"planned peak memory {peak:.1f} GiB" in header[2]
+
+
+@pytest.mark.slow
+@pytest.mark.llm
+def test_lora_under_accelerate_launch_on_two_ranks_checkpoints_the_adapter_and_resumes(tmp_path):
+    """`accelerate launch` with the FSDP launch config on 2 CPU processes (accelerate's DDP on CPU, see
+    test_multirank): the shards hold the adapter and its AdamW state alone, and a resumed run trains on."""
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import load_file
+    from test_multirank import accelerate_launch
+
+    run = ["run_name=acc", f"out_dir={tmp_path}", "prompts_per_step=2", "group_size=2", "max_new_tokens=4",
+           "dtype=bfloat16", "regime={preset: tempered, alpha: 2}", "ignore_eos=true", "template=plain",
+           "prefill=\\boxed{", "micro_batch_size=1", "warmup_steps=0", "warmup_start=1.0", "lr=1e-3",
+           "save_every=1", "keep_checkpoints=3", "lora.r=4"]
+    accelerate_launch(*run, "steps=2")
+    ckpts = tmp_path / "acc" / "checkpoints"
+    keys = dcp.FileSystemReader(str(ckpts / "step_000002" / "sharded")).read_metadata().state_dict_metadata
+    weights = [k for k in keys if k.startswith("model.")]
+    assert len(weights) == 30 * 7 * 2 and all("lora_" in k for k in weights)  # no base weight, no tied LM head
+    accelerate_launch(*run, "steps=3", "resume=true")
+    lines = [json.loads(line) for line in (tmp_path / "acc" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3] and all(m["skipped"] == 0 for m in lines)
+    assert lines[0]["kl_ref"] == pytest.approx(0.0, abs=1e-2) and lines[2]["kl_ref"] > 0.1  # the adapter moved
+    step2, step3 = (load_file(ckpts / s / "adapter_model.safetensors") for s in ("step_000002", "step_000003"))
+    assert step2.keys() == step3.keys() and sum(not torch.equal(step3[k], v) for k, v in step2.items()) > 200

@@ -208,6 +208,7 @@ def save_sharded(folder, model, optimizer) -> None:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer, options=_sharded_options(model))
+    model_state = _adapter_only(model, model_state)
     dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=Path(folder) / SHARDED_DIR)
 
 
@@ -218,10 +219,18 @@ def load_sharded(folder, model, optimizer) -> None:
 
     options = _sharded_options(model)
     model_state, optim_state = get_state_dict(model, optimizer, options=options)  # the layout to load into
-    state = {"model": model_state, "optimizer": optim_state}
+    state = {"model": _adapter_only(model, model_state), "optimizer": optim_state}
     dcp.load(state, checkpoint_id=Path(folder) / SHARDED_DIR)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                    options=options)
+
+
+def _adapter_only(model, state: dict) -> dict:
+    """A LoRA model's state without its base (ignore_frozen_params misses a tied LM head: it is no parameter of its
+    own); any other model's state as it is."""
+    from sharpening.llm.lora import is_lora
+
+    return {k: v for k, v in state.items() if "lora_" in k} if is_lora(model) else state
 
 
 def _sharded_options(model):
