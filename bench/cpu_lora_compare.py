@@ -2,9 +2,9 @@
 
     python bench/cpu_lora_compare.py      # reads results/cpu/<regime>_seed<S> and results/cpu_lora/<regime>_lora_seed<S>
 
-The difference LoRA - full is the mean pass@1 over each arm's finished seeds; its 95% interval is a hierarchical
-bootstrap (seeds resampled within each arm, then the 32 held-out questions, shared by both arms: every run is
-evaluated on the same questions with the same sampling seed). With one or two LoRA seeds it is a pilot.
+The difference LoRA - full and each arm's mean come with 95% intervals from sharpening.stats (the hierarchical bootstrap
+every evidence table uses: seeds resampled within each arm, the 32 held-out questions shared by both arms, since every
+run is evaluated on the same questions with the same sampling seed). A pilot: 32 questions, few LoRA seeds.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the package of this checkout, also when run as a plain script
+
+from sharpening.stats import difference_ci, mean_ci  # noqa: E402
 REGIMES = ("task_reward", "sharpening")
 
 
@@ -29,19 +32,6 @@ def runs(folder: Path, pattern: str) -> list[np.ndarray]:
     return [per_question(p / "eval.json") for p in sorted(folder.glob(pattern)) if (p / "eval.json").is_file()]
 
 
-def bootstrap_difference(a: list, b: list, draws: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of mean(b) - mean(a): seeds resampled within each arm, then questions (the same for all runs)."""
-    rng = np.random.default_rng(seed)
-    A, B = np.stack(a), np.stack(b)  # [seeds, questions]
-    q = A.shape[1]
-    out = np.empty(draws)
-    for i in range(draws):
-        questions = rng.integers(0, q, q)
-        sa, sb = rng.integers(0, len(A), len(A)), rng.integers(0, len(B), len(B))
-        out[i] = B[sb][:, questions].mean() - A[sa][:, questions].mean()
-    return tuple(np.percentile(out, [2.5, 97.5]))
-
-
 def main() -> int:
     for regime in REGIMES:
         full = runs(ROOT / "results/cpu", f"{regime}_seed*")
@@ -49,10 +39,10 @@ def main() -> int:
         if not full or not lora:
             print(f"{regime}: {len(full)} full-training and {len(lora)} LoRA runs finished; nothing to compare")
             continue
-        lo, hi = bootstrap_difference(full, lora)
-        diff = np.mean([x.mean() for x in lora]) - np.mean([x.mean() for x in full])
-        print(f"{regime}: pass@1 full {[round(x.mean(), 3) for x in full]}, LoRA {[round(x.mean(), 3) for x in lora]}; "
-              f"LoRA - full {diff:+.3f} [{lo:+.3f}, {hi:+.3f}] ({len(lora)} LoRA seed(s), {len(lora[0])} questions)")
+        full, lora = np.stack(full), np.stack(lora)  # [seeds, questions]
+        print(f"{regime}: pass@1 per seed: full {[round(x.mean(), 3) for x in full]}, LoRA "
+              f"{[round(x.mean(), 3) for x in lora]}; mean full {mean_ci(full).plain()}, LoRA {mean_ci(lora).plain()}; "
+              f"LoRA - full {difference_ci(lora, full)} ({len(lora)} LoRA seed(s), {lora.shape[1]} questions)")
     return 0
 
 
