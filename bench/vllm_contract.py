@@ -38,12 +38,14 @@ SOURCES = {  # the files of the wheel each fact comes from
     "qwen3": "vllm/model_executor/models/qwen3.py",
     "worker": "vllm/v1/worker/gpu_worker.py",
     "launcher": "vllm/v1/executor/uniproc_executor.py",
+    "lora_request": "vllm/lora/request.py",
+    "lora_config": "vllm/config/lora.py",
 }
 LLM_METHODS = ("generate", "sleep", "wake_up", "apply_model", "reset_prefix_cache")
 # LLM(...) keyword arguments the engine passes (the constructor's own, or EngineArgs fields through **kwargs): add a
 # name here when sharpening/llm/vllm_engine.py starts passing it
 LLM_KWARGS = ("model", "dtype", "seed", "gpu_memory_utilization", "max_model_len", "enable_sleep_mode",
-              "distributed_executor_backend")
+              "distributed_executor_backend", "enable_lora", "max_lora_rank", "max_loras")
 
 
 def _class(tree, name):
@@ -124,6 +126,9 @@ def read_facts(wheel: str) -> dict:
                                       ("qwen3", "Qwen3ForCausalLM"))},
         "stacked": {c: _stacked(tree[m], c) for m, c in (("llama", "LlamaModel"), ("qwen2", "Qwen2Model"),
                                                           ("qwen3", "Qwen3Model"))},
+        "LoRARequest": _fields(_class(tree["lora_request"], "LoRARequest")),
+        "max lora ranks": ast.literal_eval("(" + re.search(r"MaxLoRARanks = Literal\[([^\]]*)\]",
+                                                           text["lora_config"]).group(1) + ",)"),
     }
 
 

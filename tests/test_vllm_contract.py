@@ -39,6 +39,13 @@ VLLM = {
     "finish reasons": set(FACTS["finish reasons"]),
     "load_weights params": FACTS["load_weights"]["llama.LlamaForCausalLM"],
     "stacked": {k: tuple(v) for k, v in FACTS["stacked"]["LlamaModel"].items()},
+    # LoRA facts, read by hand from the vllm-0.33.0 sdist (not yet in the generated tests/data/vllm_contract.json):
+    # entrypoints/llm.py LLM.generate(lora_request=...); engine/arg_utils.py EngineArgs enable_lora, max_lora_rank,
+    # max_loras; lora/request.py LoRARequest fields (a msgspec Struct: positional in this order); config/lora.py
+    # MaxLoRARanks
+    "LoRA kwargs": {"enable_lora", "max_lora_rank", "max_loras"},
+    "LoRARequest": ["lora_name", "lora_int_id", "lora_path", "base_model_name", "load_inplace", "is_3d_lora_weight"],
+    "max lora ranks": (1, 8, 16, 32, 64, 128, 256, 320, 512),
 }
 
 
@@ -73,7 +80,7 @@ def function(tree, cls: str | None, name: str) -> ast.FunctionDef:
 def test_llm_is_built_with_arguments_vllm_takes(engine_tree):
     (llm,) = calls(engine_tree, "LLM")
     kwargs = {k.arg: k.value for k in llm.keywords}
-    assert set(kwargs) <= VLLM["LLM kwargs"] and not llm.args
+    assert set(kwargs) <= VLLM["LLM kwargs"] | VLLM["LoRA kwargs"] and not llm.args
     assert {"max_model_len", "enable_sleep_mode", "gpu_memory_utilization"} <= set(kwargs)  # issue #11, defect 4
     assert ast.literal_eval(kwargs["distributed_executor_backend"]) in VLLM["executor backends"]
     assert "logprobs_mode" not in kwargs  # the default, raw_logprobs, is what lp_old_tok means
@@ -152,3 +159,16 @@ def test_gpu_extra_pins_vllm_with_the_torch_and_transformers_it_requires():
     llm = {r.name: r.specifier for r in map(Requirement, extras["llm"])}
     # `pip install -e ".[gpu,llm]"` must resolve: some transformers satisfies both extras (5.20.0 does)
     assert Version("5.20.0") in gpu["transformers"] and Version("5.20.0") in llm["transformers"]
+
+
+def test_lora_is_served_through_vllms_lora_support(engine_tree):
+    """LoRA runs: LLM(enable_lora, max_lora_rank, max_loras), one LoRARequest(lora_name, lora_int_id, lora_path) per
+    adapter folder passed to LLM.generate, and max_lora_rank one of the ranks vLLM takes."""
+    from sharpening.llm.vllm_engine import VLLM_LORA_RANKS
+
+    (request,) = calls(engine_tree, "LoRARequest")
+    assert not request.keywords and len(request.args) == 3  # lora_name, lora_int_id, lora_path
+    assert VLLM["LoRARequest"][:3] == ["lora_name", "lora_int_id", "lora_path"]
+    assert VLLM_LORA_RANKS == VLLM["max lora ranks"]
+    (generate,) = [c for c in calls(function(engine_tree, "_VLLMBackend", "generate"), "generate")]
+    assert "lora_request" in {k.arg for k in generate.keywords} and "lora_request" in VLLM["LLM methods"]["generate"]

@@ -1,6 +1,8 @@
 """Checkpoints of a training run, written atomically, and resuming without losing or repeating a step.
 
-    run_dir/checkpoints/step_000020/   model.safetensors + config.json + tokenizer (a loadable HF folder)
+    run_dir/checkpoints/step_000020/   model.safetensors + config.json + tokenizer (a loadable HF folder);
+                                       a LoRA run: adapter_model.safetensors + adapter_config.json instead (peft's
+                                       adapter folder: the adapter only, the base is cfg.model)
                                        trainer_state.pt: step, optimizer, RNG states, bad-step count
                                        sharded/ (multi-GPU runs): every rank's shard of the weights and
                                        of the optimizer state (torch.distributed.checkpoint); the
@@ -205,7 +207,8 @@ def save_sharded(folder, model, optimizer) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, optimizer, options=_sharded_options(model))
+    model_state = _adapter_only(model, model_state)
     dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=Path(folder) / SHARDED_DIR)
 
 
@@ -214,10 +217,30 @@ def load_sharded(folder, model, optimizer) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model_state, optim_state = get_state_dict(model, optimizer)  # the layout to load into
-    state = {"model": model_state, "optimizer": optim_state}
+    options = _sharded_options(model)
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)  # the layout to load into
+    state = {"model": _adapter_only(model, model_state), "optimizer": optim_state}
     dcp.load(state, checkpoint_id=Path(folder) / SHARDED_DIR)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=options)
+
+
+def _adapter_only(model, state: dict) -> dict:
+    """A LoRA model's state without its base (ignore_frozen_params misses a tied LM head: it is no parameter of its
+    own); any other model's state as it is."""
+    from sharpening.llm.lora import is_lora
+
+    return {k: v for k, v in state.items() if "lora_" in k} if is_lora(model) else state
+
+
+def _sharded_options(model):
+    """A LoRA model's shards hold the adapter alone (its frozen base is cfg.model: never saved, never loaded; strict
+    off so that load_state_dict accepts the base's absence; dcp.load still fails on a missing adapter shard)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    from sharpening.llm.lora import is_lora
+
+    return StateDictOptions(ignore_frozen_params=True, strict=False) if is_lora(model) else None
 
 
 def load_weights(model, folder) -> None:
@@ -225,6 +248,10 @@ def load_weights(model, folder) -> None:
     absent."""
     from safetensors.torch import load_file
 
+    from sharpening.llm.lora import is_lora, load_adapter_weights
+
+    if is_lora(model):  # the checkpoint holds the adapter alone (peft's save_pretrained): the base is unchanged
+        return load_adapter_weights(model, folder)
     device = str(next(model.parameters()).device)
     weights = {}
     for shard in sorted(Path(folder).glob("*.safetensors")):

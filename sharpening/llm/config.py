@@ -6,6 +6,8 @@ YAML first, overrides last. Values of overrides are parsed as YAML (`2` is an in
 list). An unknown key, or a value of the wrong type, is an error that lists what is allowed.
 The regime is written either as a preset name (`regime: sharpening`), a preset with parameters
 (`regime: {preset: tempered, alpha: 2}`) or in full (`regime: {mode: sampling, alpha: 2, beta_inv: 100}`).
+LoRA is off unless a `lora:` mapping is given (`lora: {r: 16}`, or the override `lora.r=16`; `lora: {}` takes the
+defaults of LoraSettings); docs/lora.md.
 """
 
 from __future__ import annotations
@@ -28,6 +30,52 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 LP_OLD_SOURCES = ("trainer", "engine")
 REGIME_KEYS = tuple(f.name for f in dataclasses.fields(Regime))
+VLLM_MAX_LORA_RANK = 512  # the largest max_lora_rank vLLM 0.33.0 accepts (vllm/config/lora.py, MaxLoRARanks)
+
+
+@dataclass
+class LoraSettings:
+    """A LoRA adapter on the policy (peft): pi_theta = base + (alpha / r) B A on every target module, pi_ref = the
+    base with the adapter switched off (sharpening/llm/lora.py)."""
+
+    r: int = 16
+    """Rank of each adapter (B A has rank r)."""
+    alpha: int = 32
+    """LoRA's alpha: the adapter's output is scaled by alpha / r. An integer, as vLLM's LoRA loader reads it."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input in training forward passes; 0 keeps log pi_theta of the loss equal to lp_old's
+    policy (the ratio pi_theta / pi_old is 1 at the update's start, as the objective assumes)."""
+    target_modules: typing.List[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names to adapt (peft's target_modules); ["all-linear"]: every linear layer but the LM head."""
+
+    def __post_init__(self):
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
+            raise ValueError(f"lora.r={self.r!r} must be an integer >= 1")
+        if not isinstance(self.alpha, int) or isinstance(self.alpha, bool) or self.alpha < 1:
+            raise ValueError(f"lora.alpha={self.alpha!r} must be an integer >= 1 (the scale is alpha / r)")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.dropout={self.dropout!r} must be a number in [0, 1)")
+        if (not isinstance(self.target_modules, list) or not self.target_modules
+                or not all(isinstance(m, str) and m for m in self.target_modules)):
+            raise ValueError(f"lora.target_modules={self.target_modules!r} must be a non-empty list of module names "
+                             "(e.g. [q_proj, v_proj]) or [all-linear]")
+        if "all-linear" in self.target_modules and len(self.target_modules) > 1:
+            raise ValueError(f"lora.target_modules={self.target_modules!r}: all-linear already names every linear "
+                             "layer; give it alone or list module names")
+
+    @classmethod
+    def from_spec(cls, spec) -> "LoraSettings | None":
+        """None (LoRA off), a LoraSettings, or a mapping of its fields (unknown keys and wrong types fail)."""
+        if spec is None or isinstance(spec, cls):
+            return spec
+        if not isinstance(spec, dict):
+            raise ValueError(f"lora={spec!r} must be a mapping such as {{r: 16, alpha: 32}} or null (LoRA off)")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(spec) - set(names))
+        if unknown:
+            raise ValueError(f"unknown lora key(s) {unknown}; valid keys: {names}")
+        types = typing.get_type_hints(cls)
+        return cls(**{k: _coerce(f"lora.{k}", v, types[k]) for k, v in spec.items()})
 
 
 @dataclass
@@ -59,6 +107,9 @@ class TrainConfig:
     # Regime
     regime: Regime = field(default_factory=Regime.task_reward)
     """The objective: a preset name, {preset: ..., alpha: ...} or {mode, alpha, beta_inv, normalization, weight}."""
+    lora: typing.Optional[LoraSettings] = None
+    """Train a LoRA adapter instead of every weight ({r, alpha, dropout, target_modules}; null: full training).
+    pi_ref is then the base with the adapter off: no second copy of the model. docs/lora.md."""
     # Data
     dataset: str = "synthetic:add"
     """Training problems: a JSONL path, a bundled name (math_train), synthetic:<task> or a HF dataset."""
@@ -136,6 +187,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.regime = parse_regime(self.regime)
+        self.lora = LoraSettings.from_spec(self.lora)
         for f in dataclasses.fields(self):  # NaN passes every comparison below (nan < 0 is False): refuse it first
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value) and not (f.name == "max_grad_norm" and value > 0):
@@ -178,6 +230,9 @@ class TrainConfig:
         if self.eval_seed == self.seed and any(d.startswith("synthetic:") for d in self.eval_datasets):
             raise ValueError(f"eval_seed={self.eval_seed} equals seed: synthetic eval problems would be the "
                              "training problems; choose another eval_seed")
+        if self.lora is not None and self.engine == "vllm" and self.lora.r > VLLM_MAX_LORA_RANK:
+            raise ValueError(f"lora.r={self.lora.r} exceeds vLLM's largest max_lora_rank {VLLM_MAX_LORA_RANK} "
+                             "(engine=vllm serves the adapter with vLLM's LoRA support)")
         if not self.run_name or "/" in self.run_name:
             raise ValueError(f"run_name={self.run_name!r} must be a non-empty name without '/'")
 
@@ -188,7 +243,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["regime"] = self.regime.to_dict()
-        return d
+        return d  # asdict turned lora into a mapping (or None): the YAML reads back
 
 
 def _check_choice(name, value, allowed):
@@ -216,7 +271,7 @@ def _coerce(name: str, value, tp):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"{name}={value!r} must be a list of strings")
         return value
-    if tp is Regime:
+    if tp in (Regime, LoraSettings):  # read by Regime.from_spec / LoraSettings.from_spec, which say what is wrong
         return value
     if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:  # YAML 1.1 reads `1e-6` (no dot) as a string
@@ -252,6 +307,11 @@ def apply_overrides(values: dict, overrides) -> dict:
             raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
         if key.startswith("regime."):
             values["regime"] = _set_regime_param(values.get("regime", "task_reward"), key[len("regime."):], value)
+        elif key.startswith("lora."):  # lora.r=8: one LoRA setting (turns LoRA on with the others' defaults)
+            lora = values.get("lora") or {}
+            if not isinstance(lora, dict):
+                raise ValueError(f"lora={lora!r} must be a mapping to set {key}")
+            values["lora"] = {**lora, key[len("lora."):]: value}
         else:
             values[key] = value
     return values

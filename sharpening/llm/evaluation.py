@@ -427,8 +427,10 @@ def run_eval(args) -> int:
     except ValueError as err:
         raise SystemExit(f"sharpening llm eval: {err}") from None
     model_path = args.checkpoint or args.model
-    if args.checkpoint is not None and not (Path(args.checkpoint) / "config.json").is_file():
-        what = "does not exist" if not Path(args.checkpoint).exists() else "is not a model folder (no config.json)"
+    if args.checkpoint is not None and not any((Path(args.checkpoint) / f).is_file()
+                                               for f in ("config.json", "adapter_config.json")):
+        what = ("does not exist" if not Path(args.checkpoint).exists() else
+                "is not a model folder (no config.json) nor a LoRA adapter folder (no adapter_config.json)")
         raise SystemExit(f"sharpening llm eval: --checkpoint {args.checkpoint!r} {what}; give a checkpoint folder "
                          "such as runs/<run_name>/checkpoints/step_000010")
     try:
@@ -561,15 +563,18 @@ def _build_engine(kind: str, model_path: str, seed: int, max_new_tokens: int = 1
                   max_total_tokens: int | None = None):
     """The engine of `sharpening llm eval`: vLLM with a context bounded by the run's lengths (else it plans for
     the model's whole context: 262k tokens for Qwen3-4B-Instruct-2507, which no KV cache holds), or hf."""
+    from sharpening.llm import lora
     from sharpening.llm.models import load_model, load_tokenizer, resolve
 
     tokenizer = load_tokenizer(model_path)
+    adapter = model_path if lora.is_adapter_folder(model_path) else None  # a LoRA checkpoint: base + adapter
     if kind == "vllm":
         from sharpening.llm.gpu_plan import eval_vllm_settings
         from sharpening.llm.vllm_engine import VLLMEngine
 
-        return VLLMEngine(resolve(model_path), tokenizer, sleep_level=0, seed=seed,
-                          **eval_vllm_settings(max_new_tokens, max_total_tokens))
+        lora_args = {} if adapter is None else {"lora_rank": lora.adapter_rank(adapter), "adapter": adapter}
+        return VLLMEngine(resolve(lora.base_model_name(adapter) if adapter else model_path), tokenizer, sleep_level=0,
+                          seed=seed, **lora_args, **eval_vllm_settings(max_new_tokens, max_total_tokens))
     import torch
 
     from sharpening.llm.allocator import retain_freed_memory
@@ -577,7 +582,8 @@ def _build_engine(kind: str, model_path: str, seed: int, max_new_tokens: int = 1
 
     if not torch.cuda.is_available():
         retain_freed_memory()  # no page faults on the same tensors every step (sharpening/llm/allocator.py)
-    model = load_model(model_path).to("cuda" if torch.cuda.is_available() else "cpu")
+    model = lora.load_base_and_adapter(adapter) if adapter else load_model(model_path)
+    model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     return HFEngine(model, tokenizer, max_total_tokens=max_total_tokens)
 
 

@@ -58,6 +58,15 @@ class ModelSpec:
         embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
         return embeddings + self.layers * self.params_per_layer + self.hidden  # + final norm
 
+    def lora_params(self, r: int, target_modules=("all-linear",)) -> int:
+        """Parameters of a rank-r LoRA adapter: r (in + out) for each adapted linear layer of every decoder layer.
+        "all-linear" adapts q, k, v, o, gate, up and down (peft leaves the LM head out)."""
+        h, q, kv, inter = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        sizes = {"q_proj": h + q, "k_proj": h + kv, "v_proj": h + kv, "o_proj": q + h,
+                 "gate_proj": h + inter, "up_proj": h + inter, "down_proj": inter + h}
+        names = list(sizes) if "all-linear" in target_modules else [m for m in target_modules if m in sizes]
+        return self.layers * r * sum(sizes[m] for m in names)
+
     @property
     def kv_bytes_per_token(self) -> int:
         """K and V of every layer for one token, bf16."""
@@ -106,11 +115,16 @@ class GPU:
 
 
 H100 = GPU()
+# One-GPU LoRA targets (configs/paper/lora/): memory as torch reports it, dense bf16 tensor peak with fp32 accumulation
+# and memory bandwidth from the vendors' data sheets (assumed; not measured here)
+RTX4090 = GPU("RTX 4090 24GB", 23.6, 165e12, 1.008e12)
+L40S = GPU("L40S 48GB", 44.4, 362e12, 0.864e12)
 MFU = 0.35  # fraction of peak FLOPs a bf16 FSDP forward/backward reaches at these sizes (assumed)
 DECODE_BANDWIDTH_EFFICIENCY = 0.5  # fraction of HBM bandwidth a vLLM decode step reaches (assumed)
 PROMPT_TOKENS = 512  # assumed prompt length (chat template + MATH problem) when the config sets none
 CUDA_OVERHEAD_GIB = 3.0  # CUDA context, NCCL buffers, allocator fragmentation per GPU (assumed)
 VLLM_BUFFERS_GIB = 4.0  # vLLM's forward activations, sampler and CUDA graphs besides weights and KV (assumed)
+PCIE_BYTES_PER_S = 25e9  # host <-> GPU copies (sleep mode level 1, LoRA), PCIe Gen5 x16 in practice (assumed)
 MAX_PROMPT_TOKENS = 2048  # without max_total_tokens, the engine's max_model_len leaves this much room for a prompt
 EVAL_GPU_MEMORY_UTILIZATION = 0.85  # `sharpening llm eval` has the GPU to itself: vLLM may take most of it
 
@@ -168,6 +182,8 @@ def plan(config, world_size: int, gpu_memory_gib: float = H100.memory_gib, micro
         raise ValueError(f"prompts_per_step={prompts} is not divisible by world_size={world_size}: each rank "
                          f"samples whole groups of G={G}; choose a world_size among {_divisors(prompts)}")
     spec = model_spec(model)
+    lora = get("lora")  # LoraSettings, its mapping, or None (full training)
+    lora_params = None if lora is None else spec.lora_params(*_lora_shape(lora))
     regime = get("regime")
     needs_ref = getattr(regime, "needs_lp_ref", True)  # a string or missing regime: assume the worst
     T_prompt, T_new = sequence_lengths(get)
@@ -175,13 +191,13 @@ def plan(config, world_size: int, gpu_memory_gib: float = H100.memory_gib, micro
     gpu = GPU(gpu.name, gpu_memory_gib, gpu.bf16_flops, gpu.hbm_bytes_per_s)
 
     mb = micro_batch_size or get("micro_batch_size") or _auto_micro_batch(spec, per_rank, T_prompt, T_new,
-                                                                         world_size, needs_ref, gpu)
+                                                                         world_size, needs_ref, gpu, lora_params)
     if mb < 1:
         raise ValueError(f"micro_batch_size={mb!r} must be >= 1")
     mb = min(mb, per_rank)
     memory, utilization, concurrency = memory_estimate(spec, per_rank, mb, T_prompt, T_new, world_size,
-                                                       needs_ref, gpu)
-    seconds = time_estimate(spec, per_rank, T_prompt, T_new, concurrency, needs_ref, gpu)
+                                                       needs_ref, gpu, lora_params)
+    seconds = time_estimate(spec, per_rank, T_prompt, T_new, concurrency, needs_ref, gpu, lora_params is not None)
     return Plan(model=model, world_size=world_size, prompts_per_step=prompts, group_size=G,
                 global_sequences=prompts * G, prompts_per_rank=prompts // world_size, sequences_per_rank=per_rank,
                 micro_batch_size=mb, accumulation_steps=math.ceil(per_rank / mb), steps=_positive(get, "steps"),
@@ -209,7 +225,7 @@ def sequence_lengths(get) -> tuple[int, int]:
 
 
 def memory_estimate(spec: ModelSpec, sequences: int, micro_batch: int, prompt_tokens: int, new_tokens: int,
-                    world_size: int, needs_ref: bool = True, gpu: GPU = H100):
+                    world_size: int, needs_ref: bool = True, gpu: GPU = H100, lora_params: int | None = None):
     """GiB per GPU by component, the vLLM gpu_memory_utilization to ask for, and the KV concurrency.
 
     Assumptions (bytes; P parameters, W ranks, S = prompt + new tokens, B = micro-batch):
@@ -224,19 +240,28 @@ def memory_estimate(spec: ModelSpec, sequences: int, micro_batch: int, prompt_to
       vllm buffers    VLLM_BUFFERS_GIB  its forward activations, sampler, CUDA graphs
       kv cache        sequences x S x kv_bytes_per_token for all of this rank's rollouts at once;
                       vLLM gets what is left and schedules in waves when that is less
-    With vLLM sleep mode (level 2) the engine's weights and KV cache are discarded during training (the
-    weight sync reloads them), so the peaks are max(train, rollout), not their sum.
+    With vLLM sleep mode the engine's KV cache is freed during training and its weights discarded (level 2, full
+    training: the weight sync reloads them) or parked in CPU RAM (level 1, LoRA: the sync sends only the adapter,
+    so the base must survive), so the peaks are max(train, rollout), not their sum.
+
+    LoRA (lora_params = P_A, the adapter's parameters; sharpening/llm/lora.py):
+      policy states  (2 P + 16 P_A) / W   the base frozen in bf16, the adapter fp32 with grads and AdamW m, v
+      reference       0                  pi_ref is the base with the adapter off: no copy
+      vllm weights    2 P + 2 P_A        the base plus vLLM's bf16 slot for one adapter (max_loras 1)
+    Activations and logits are those of full training: the backward still runs through every layer (the input
+    gradients reach the adapters of the layers below).
     """
     P, S, B, h = spec.params, prompt_tokens + new_tokens, micro_batch, spec.hidden
     d, L = spec.head_dim, spec.layers
     q_kv = (spec.heads + 2 * spec.kv_heads) * d
+    lora = lora_params is not None
     gb = {
-        "policy_states": 16 * P / world_size / GiB,
-        "reference": (2 * P if needs_ref else 0) / GiB,
+        "policy_states": (2 * P + 16 * lora_params if lora else 16 * P) / world_size / GiB,
+        "reference": (2 * P if needs_ref and not lora else 0) / GiB,
         "gathered_layers": 2 * 2 * spec.params_per_layer / GiB,
         "activations": (L * B * S * h * 2 + B * S * (4 * h + 2 * q_kv + 3 * spec.intermediate) * 2 * 2) / GiB,
         "logits": B * new_tokens * spec.vocab * 10 / GiB,
-        "vllm_weights": 2 * P / GiB,
+        "vllm_weights": (2 * P + (2 * lora_params if lora else 0)) / GiB,
         "kv_cache_all_sequences": sequences * S * spec.kv_bytes_per_token / GiB,
         "cuda_overhead": CUDA_OVERHEAD_GIB,
     }
@@ -254,7 +279,7 @@ def memory_estimate(spec: ModelSpec, sequences: int, micro_batch: int, prompt_to
 
 
 def time_estimate(spec: ModelSpec, sequences: int, prompt_tokens: int, new_tokens: int, kv_concurrency: float,
-                  needs_ref: bool = True, gpu: GPU = H100) -> dict:
+                  needs_ref: bool = True, gpu: GPU = H100, lora: bool = False) -> dict:
     """Seconds per step on one rank (ranks run in parallel), an upper bound: every response at max length.
 
     rollout: a decode step reads the bf16 weights once and the KV cache of the running sequences,
@@ -262,9 +287,12 @@ def time_estimate(spec: ModelSpec, sequences: int, prompt_tokens: int, new_token
              waves when the KV cache cannot hold every sequence at once.
     train:   FLOPs = (6 P policy forward+backward + 2 P recompute (checkpointing) + 2 P reference
              forward) x tokens, at MFU of the bf16 peak.
-    Sleep mode costs no copy: level 2 discards the engine's weights and the weight sync, a GPU-to-GPU copy of
-    2 P bytes (negligible), reloads them. (Level 1 would copy 2 P bytes to pinned CPU RAM and back over PCIe
-    each step: 16 GB for Qwen3-4B.)
+    sleep:   full training sleeps at level 2: no copy (the weight sync, a GPU-to-GPU copy of 2 P bytes, reloads
+             the discarded weights). LoRA sleeps at level 1: the engine's 2 P bytes go to CPU RAM and back each
+             step over PCIe at PCIE_BYTES_PER_S.
+    LoRA:    the backward computes the base's input gradients only (2 P, not 4 P: no weight gradients), so the
+             policy's forward+backward is 4 P; the adapter's own FLOPs (r << hidden) and vLLM's LoRA kernels are
+             not counted; the reference forward is the same model with the adapter off (still 2 P).
     """
     P, S = spec.params, prompt_tokens + new_tokens
     if kv_concurrency * sequences < 1:  # not even one sequence's KV cache fits: vLLM cannot run
@@ -274,8 +302,10 @@ def time_estimate(spec: ModelSpec, sequences: int, prompt_tokens: int, new_token
     mean_kv = running * (prompt_tokens + new_tokens / 2) * spec.kv_bytes_per_token
     bandwidth = gpu.hbm_bytes_per_s * DECODE_BANDWIDTH_EFFICIENCY
     rollout = waves * new_tokens * (2 * P + mean_kv) / bandwidth
-    train = (6 + 2 + (2 if needs_ref else 0)) * P * sequences * S / (gpu.bf16_flops * MFU)
-    return {"rollout": round(rollout, 1), "train": round(train, 1), "step": round(rollout + train, 1)}
+    train = ((4 if lora else 6) + 2 + (2 if needs_ref else 0)) * P * sequences * S / (gpu.bf16_flops * MFU)
+    sleep = 2 * 2 * P / PCIE_BYTES_PER_S if lora else 0.0
+    return {"rollout": round(rollout, 1), "train": round(train, 1), "sleep_wake": round(sleep, 1),
+            "step": round(rollout + train + sleep, 1)}
 
 
 def vllm_settings(config, world_size: int = 1) -> dict:
@@ -289,8 +319,10 @@ def vllm_settings(config, world_size: int = 1) -> dict:
     memory = torch.cuda.get_device_properties(0).total_memory / GiB if torch.cuda.is_available() else H100.memory_gib
     p = plan(config, world_size, memory)
     get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    # LoRA sleeps at level 1: its weight sync sends the adapter only, so the base weights must survive the sleep
     return {"gpu_memory_utilization": p.vllm_gpu_memory_utilization,
-            "max_model_len": max_model_len(get("max_new_tokens"), get("max_total_tokens"))}
+            "max_model_len": max_model_len(get("max_new_tokens"), get("max_total_tokens")),
+            "sleep_level": 1 if get("lora") is not None else 2}
 
 
 def max_model_len(max_new_tokens: int, max_total_tokens: int | None = None) -> int:
@@ -305,11 +337,19 @@ def eval_vllm_settings(max_new_tokens: int, max_total_tokens: int | None = None)
             "max_model_len": max_model_len(max_new_tokens, max_total_tokens)}
 
 
-def _auto_micro_batch(spec, per_rank, T_prompt, T_new, world_size, needs_ref, gpu) -> int:
+def _lora_shape(lora) -> tuple:
+    """(r, target_modules) of LoraSettings or its mapping (defaults as LoraSettings')."""
+    get = lora.get if isinstance(lora, dict) else lambda k, d=None: getattr(lora, k, d)
+    targets = get("target_modules", None) or ["all-linear"]
+    return get("r", 16), [targets] if isinstance(targets, str) else targets
+
+
+def _auto_micro_batch(spec, per_rank, T_prompt, T_new, world_size, needs_ref, gpu, lora_params=None) -> int:
     """The largest power of two dividing per_rank whose training peak fits in memory (at least 1)."""
     mb = 1
     while per_rank % (mb * 2) == 0:
-        memory, _, _ = memory_estimate(spec, per_rank, mb * 2, T_prompt, T_new, world_size, needs_ref, gpu)
+        memory, _, _ = memory_estimate(spec, per_rank, mb * 2, T_prompt, T_new, world_size, needs_ref, gpu,
+                                       lora_params)
         if memory["train_peak"] > 0.9 * gpu.memory_gib:
             break
         mb *= 2
@@ -344,8 +384,10 @@ def dry_run(config, world_size: int = 4, gpu_memory_gib: float = H100.memory_gib
     p = plan(config, world_size, gpu_memory_gib)
     m, s = p.memory, p.seconds
     regime = getattr(config.regime, "name", config.regime)
+    lora = getattr(config, "lora", None)
     lines = [f"dry run of {config.run_name}: {p.model} ({p.params / 1e9:.2f}B parameters), regime {regime}, "
-             f"engine {config.engine}", "", "resolved config:"]
+             f"engine {config.engine}" + (f", LoRA r={lora.r} (the base frozen in bf16, pi_ref = the adapter off)"
+                                          if lora is not None else ""), "", "resolved config:"]
     lines += ["  " + line for line in yaml.safe_dump(config.to_dict(), sort_keys=False).splitlines()]
     lines += [
         "", f"plan on {world_size} x {p.gpu} ({gpu_memory_gib:g} GiB each):",

@@ -34,6 +34,7 @@ from sharpening.llm.config import TrainConfig, save_config, write_atomic
 from sharpening.llm.distributed import (Ranks, enable_activation_checkpointing, global_token_count, micro_batches,
                                          token_mean_scale)
 from sharpening.llm.gpu_plan import vllm_settings
+from sharpening.llm.lora import adapter_off, apply_lora, trainable_parameters
 from sharpening.llm.models import DTYPES, compute_autocast, load_model, load_tokenizer, resolve
 from sharpening.llm.rollout import HFEngine, response_logprobs
 from sharpening.llm.signals import signal_inputs
@@ -125,7 +126,7 @@ def make_engine(cfg: TrainConfig, policy, tokenizer, world_size: int = 1):
 
     import_vllm()  # a clear error when vLLM is not installed
     return VLLMEngine(resolve(cfg.model), tokenizer, dtype=cfg.dtype, seed=cfg.seed,
-                      **vllm_settings(cfg, world_size))
+                      lora_rank=cfg.lora.r if cfg.lora is not None else None, **vllm_settings(cfg, world_size))
 
 
 class Trainer:
@@ -150,16 +151,22 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
         policy = policy if policy is not None else load_model(cfg.model, dtype=torch.float32)
-        self.policy = policy.to(self.device, torch.float32).train()  # fp32 master weights, whatever cfg.dtype is
-        # pi_ref: the initial weights, frozen; kept only when the regime reads lp_ref (a model's worth of memory)
-        self.ref = frozen_reference(self.policy, cfg.dtype) if cfg.regime.needs_lp_ref else None
+        if cfg.lora is not None:  # the base frozen in cfg.dtype, the adapter fp32; pi_ref = the adapter off
+            self.policy = apply_lora(policy, cfg.lora, DTYPES[cfg.dtype], cfg.model).to(self.device).train()
+        else:
+            self.policy = policy.to(self.device, torch.float32).train()  # fp32 master weights, whatever cfg.dtype is
+        # pi_ref: the initial weights, frozen; kept only when the regime reads lp_ref (a model's worth of memory).
+        # Under LoRA the policy with its adapter off is pi_ref: no copy.
+        self.ref = (frozen_reference(self.policy, cfg.dtype) if cfg.regime.needs_lp_ref and cfg.lora is None
+                    else None)
         if (wants_activation_checkpointing(cfg.activation_checkpointing, self.device)
                 and not self.ranks.shards_checkpointed_layers):
             enable_activation_checkpointing(self.policy)
         # fused: one kernel over all tensors, ~10x faster than the per-tensor loop on CPU; under FSDP torch's
         # default (its sharded parameters were never run with the fused kernel here)
         fused = True if self.ranks.accelerator is None else None
-        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        self.opt = torch.optim.AdamW(trainable_parameters(self.policy), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     fused=fused)
         self.policy, self.opt = self.ranks.prepare(self.policy, self.opt)  # FSDP-wrapped when distributed
         self.engine = make_engine(cfg, self.policy, self.tokenizer, self.ranks.world_size)
         if hasattr(self.engine, "track"):
@@ -235,7 +242,7 @@ class Trainer:
         r = task_rewards(roll.texts, [self.problems[i].answer for i in idx], G, cfg.prefill, roll.mask.device,
                          cfg.grader)
         t2 = time.perf_counter()
-        lp_ref_tok = self.forward_logprobs(self.ref, roll) if regime.needs_lp_ref else None  # frozen pi_ref [B, T]
+        lp_ref_tok = self.ref_logprobs(roll) if regime.needs_lp_ref else None  # frozen pi_ref [B, T]
         lp_old_tok = self.lp_old(roll) if regime.needs_lp_old else roll.lp_old_tok  # pi_old [B, T]
         with self.compute(), eval_mode(self.policy):  # label-free r, per-token certainty of pi_old
             signal = signal_inputs(regime, roll, r, G, policy=self.policy, prefill=cfg.prefill, seed=cfg.seed,
@@ -262,6 +269,13 @@ class Trainer:
         with self.compute(), eval_mode(model):
             return torch.cat([response_logprobs(model, roll, mb)
                               for mb in micro_batches(len(roll), self.cfg.micro_batch_size)])
+
+    def ref_logprobs(self, roll):
+        """lp_ref per token [B, T]: the frozen copy's forward pass, or under LoRA the policy's with its adapter off."""
+        if self.ref is not None:
+            return self.forward_logprobs(self.ref, roll)
+        with adapter_off(self.policy):
+            return self.forward_logprobs(self.policy, roll)
 
     def lp_old(self, roll):
         """lp_old per token for the shaped reward: the policy's own forward pass before the update (cfg.lp_old_source

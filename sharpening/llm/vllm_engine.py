@@ -25,6 +25,12 @@ another attention implementation), hence `is_correction = True`: the trainer pas
 `logp_engine` to `objective.pg_loss`, whose truncated weight min(pi_theta / pi_engine, is_cap) corrects
 the mismatch.
 
+LoRA (cfg.lora): the engine serves the adapter with vLLM's LoRA support instead of syncing merged weights. vLLM then
+computes W x + (alpha / r) B A x as the trainer does, the base W untouched in bf16; merged weights W + (alpha / r) B A
+rounded to bf16 would drop every update smaller than W's bf16 spacing (2**-8 of |W|), so the engine would sample
+from a policy the trainer has already left. `sync_weights` writes the adapter (peft's folder, a few MB) and the next
+`generate` passes a new LoRARequest for it (a new id per version: vLLM caches adapters by id). docs/lora.md.
+
 Parameter names: vLLM's `model.load_weights` takes Hugging Face names and fuses q/k/v into qkv_proj and
 gate/up into gate_up_proj itself, so only wrapper prefixes (FSDP, activation checkpointing, DDP,
 torch.compile) are stripped here; `vllm_param_name` says where each HF tensor lands, to check that a
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 
 import torch
 
@@ -177,17 +184,26 @@ class VLLMEngine:
 
     def __init__(self, model_path: str, tokenizer, *, gpu_memory_utilization: float = 0.3,
                  max_model_len: int | None = None, dtype: str = "bfloat16", sleep_level: int = 2,
-                 seed: int = 0, backend=None):
+                 seed: int = 0, backend=None, lora_rank: int | None = None, adapter: str | None = None):
         """model_path: the policy's initial weights, a local HF folder or a model in the HF cache (no download).
         sleep_level: 0 keeps the engine resident, 1 parks its weights in CPU RAM during training, 2 discards them
-        (the next sync_weights reloads them).
-        backend: what runs the samples (default: vLLM in this process); tests pass a stand-in."""
+        (the next sync_weights reloads them). LoRA needs 0 or 1: its sync sends the adapter only, so the base
+        weights must survive the sleep.
+        backend: what runs the samples (default: vLLM in this process); tests pass a stand-in.
+        lora_rank: serve a LoRA adapter of this rank on the base model_path (sync_weights then sends the adapter);
+        adapter: a saved adapter folder to serve from the start (evaluation of a LoRA checkpoint)."""
         if sleep_level not in (0, 1, 2):
             raise ValueError(f"sleep_level={sleep_level!r} must be 0 (stay resident), 1 (weights to CPU RAM) or 2 "
                              "(weights discarded, reloaded by the next sync)")
+        if lora_rank is not None and sleep_level == 2:
+            raise ValueError("sleep_level=2 discards the base weights, which a LoRA weight sync does not resend: "
+                             "use sleep_level 1 (or 0) with LoRA")
         self.tokenizer, self.sleep_level = tokenizer, sleep_level
         self.backend = backend or _VLLMBackend(model_path, gpu_memory_utilization, max_model_len, dtype,
-                                               sleep_level > 0, seed)
+                                               sleep_level > 0, seed, lora_rank)
+        self.lora = lora_rank is not None
+        self.adapter_dir = tempfile.mkdtemp(prefix="sharpening-adapter-") if self.lora else None
+        self.adapter = adapter  # the folder of the adapter that generate serves (None: the base, or full training)
         self.sync = WeightSync()
         self.awake = {"weights": True, "kv_cache": True}
         self.needs_sync = False  # True after a level-2 sleep discarded the weights, until sync_weights
@@ -199,6 +215,14 @@ class VLLMEngine:
 
     def sync_weights(self, model) -> dict:
         """Load the policy's current weights into the engine (gathering FSDP shards): call after every step."""
+        if self.lora:  # the adapter alone, as a peft folder that vLLM's LoRA loader reads at the next generate
+            from sharpening.llm.lora import write_adapter
+
+            self.adapter = os.path.join(self.adapter_dir, f"v{self.sync.policy_version}")
+            n_bytes = write_adapter(model, self.adapter)
+            self.backend.reset_prefix_cache()
+            self.sync.synced()
+            return {"tensors": None, "bytes": n_bytes, "version": self.sync.engine_version}
         self._wake("weights")  # loading into parked weights writes to freed memory (trl#5142)
         names, n_bytes = [], 0
         for name, tensor in hf_weights(model):
@@ -223,7 +247,8 @@ class VLLMEngine:
         self.wake_up()  # vLLM schedules again only once weights and KV cache are both back
         enc = self.tokenizer(list(prompts), add_special_tokens=False)
         samples = self.backend.generate(enc["input_ids"], n=n, max_new_tokens=max_new_tokens,
-                                        temperature=temperature, top_p=top_p, ignore_eos=ignore_eos, seed=seed)
+                                        temperature=temperature, top_p=top_p, ignore_eos=ignore_eos, seed=seed,
+                                        **({} if self.adapter is None else {"adapter": self.adapter}))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         return rollout_from_samples(enc["input_ids"], samples, self.pad_id, self.tokenizer, device)
 
@@ -281,14 +306,20 @@ def import_vllm():
 class _VLLMBackend:
     """vLLM's LLM in this process (external_launcher: one engine per torchrun/accelerate rank)."""
 
-    def __init__(self, model_path, gpu_memory_utilization, max_model_len, dtype, enable_sleep_mode, seed):
+    def __init__(self, model_path, gpu_memory_utilization, max_model_len, dtype, enable_sleep_mode, seed,
+                 lora_rank=None):
         vllm = import_vllm()
         launcher_env()
         self.rank = rank = int(os.environ["RANK"])
         self.vllm = vllm
+        # LoRA: vLLM's own LoRA layers (EngineArgs enable_lora, max_lora_rank, max_loras; the rank is ignored without
+        # enable_lora), one adapter at a time
         self.llm = vllm.LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                             max_model_len=max_model_len, enable_sleep_mode=enable_sleep_mode,
-                            distributed_executor_backend="external_launcher", seed=seed + rank)
+                            distributed_executor_backend="external_launcher", seed=seed + rank,
+                            enable_lora=lora_rank is not None, max_lora_rank=vllm_lora_rank(lora_rank or 1),
+                            max_loras=1)
+        self.adapters = {}  # adapter folder -> its LoRARequest (ids are vLLM's cache keys: one per folder)
 
     def load_weights(self, pairs):
         """vLLM's own load_weights (HF names in, fused in place), run on the in-process worker's model by
@@ -308,13 +339,35 @@ class _VLLMBackend:
         torch.cuda.empty_cache()  # hand the trainer's cached blocks back before vLLM maps its own
         self.llm.wake_up(tags=tags)
 
-    def generate(self, prompt_ids, n, max_new_tokens, temperature, top_p, ignore_eos, seed):
+    def lora_request(self, adapter):
+        """vllm.lora.request.LoRARequest(lora_name, lora_int_id, lora_path) for a saved adapter folder, or None."""
+        if adapter is None:
+            return None
+        if adapter not in self.adapters:
+            from vllm.lora.request import LoRARequest
+
+            self.adapters[adapter] = LoRARequest(f"policy-{len(self.adapters) + 1}", len(self.adapters) + 1, adapter)
+        return self.adapters[adapter]
+
+    def generate(self, prompt_ids, n, max_new_tokens, temperature, top_p, ignore_eos, seed, adapter=None):
         # one seed per (step seed, rank, prompt): seed + i would reuse streams across consecutive steps
         seeds = [None if seed is None else hash((seed, self.rank, i)) % 2**31 for i in range(len(prompt_ids))]
         params = [self.vllm.SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                            ignore_eos=ignore_eos, logprobs=0, seed=s, detokenize=False)
                   for s in seeds]  # detokenize=False: the texts are decoded once, by rollout_from_samples
-        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False,
+                                    lora_request=self.lora_request(adapter))
         return [[(list(c.token_ids), [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)],
                   c.finish_reason == "length")
                  for c in out.outputs] for out in outputs]
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks (0.33.0)
+
+
+def vllm_lora_rank(r: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds an adapter of rank r."""
+    fits = [k for k in VLLM_LORA_RANKS if k >= r]
+    if not fits:
+        raise ValueError(f"lora.r={r} exceeds vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+    return fits[0]
