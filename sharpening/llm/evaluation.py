@@ -12,7 +12,6 @@ C(n, k) of them when there are at most `subsets`, else `subsets` random ones (se
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -20,7 +19,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sharpening.atomic import write_atomic
 from sharpening.llm.data import BENCHMARKS, PAPER_TEMPLATE, TEMPLATES, Problem, format_prompt, load_problems
 from sharpening.llm.grading import final_answer, grade
 
@@ -139,7 +137,9 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
             rows = [row for start in starts for row in every[start]]
         result["datasets"][name] = summarize(rows, ks)
     if out is not None and rank == 0:
-        write_atomic(out, json.dumps(result, indent=1))
+        from sharpening.llm.runs import write_json
+
+        write_json(out, result)  # strict JSON: a non-finite score is null, never a bare NaN
     return result
 
 
@@ -256,6 +256,13 @@ def run_eval(args) -> int:
         datasets = {Path(s).stem if s.endswith(".jsonl") else s: load_problems(s, limit=args.limit) for s in names}
     except ValueError as err:
         raise SystemExit(f"sharpening llm eval: {err}") from None
+    if args.out:  # before minutes of evaluation: an output folder that cannot be written fails now, in one line
+        from sharpening.llm.runs import check_writable
+
+        try:
+            check_writable(args.out)
+        except ValueError as err:
+            raise SystemExit(f"sharpening llm eval: --out {err}") from None
     model_path = args.checkpoint or args.model
     if args.checkpoint is not None and not (Path(args.checkpoint) / "config.json").is_file():
         what = "does not exist" if not Path(args.checkpoint).exists() else "is not a model folder (no config.json)"
