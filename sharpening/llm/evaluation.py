@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from sharpening.llm.data import BENCHMARKS, PAPER_TEMPLATE, TEMPLATES, Problem, format_prompt, load_problems
 from sharpening.llm.grading import final_answer, grade
+from sharpening.llm.runs import RunFolder, check_writable, write_json
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
 SAMPLERS = ("ancestral", "temperature", "power")
@@ -137,8 +138,6 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
             rows = [row for start in starts for row in every[start]]
         result["datasets"][name] = summarize(rows, ks)
     if out is not None and rank == 0:
-        from sharpening.llm.runs import write_json
-
         write_json(out, result)  # strict JSON: a non-finite score is null, never a bare NaN
     return result
 
@@ -257,8 +256,6 @@ def run_eval(args) -> int:
     except ValueError as err:
         raise SystemExit(f"sharpening llm eval: {err}") from None
     if args.out:  # before minutes of evaluation: an output folder that cannot be written fails now, in one line
-        from sharpening.llm.runs import check_writable
-
         try:
             check_writable(args.out)
         except ValueError as err:
@@ -282,7 +279,7 @@ def run_eval(args) -> int:
             "model": model_path, "step": _checkpoint_step(args.checkpoint),
             "sampler": {"name": args.sampler, **({"alpha": args.alpha} if args.sampler == "temperature" else {}),
                         **(settings.to_dict() if settings is not None else {})}}
-    out = Path(args.out) / "eval.json" if args.out else None
+    out = RunFolder(args.out).eval_path if args.out else None
     t0 = time.time()
     result = evaluate(engine, datasets, n=args.n, ks=ks, max_new_tokens=args.max_new_tokens,
                       temperature=temperature, top_p=args.top_p, prefill=args.prefill, template=args.template,
@@ -378,7 +375,9 @@ def _run_dir(checkpoint) -> Path | None:
     if checkpoint is None:
         return None
     path = Path(checkpoint).resolve()
-    return path.parent.parent if path.parent.name == "checkpoints" else None
+    from sharpening.llm.runs import CHECKPOINTS
+
+    return path.parent.parent if path.parent.name == CHECKPOINTS else None
 
 
 def _run_name(checkpoint, model: str) -> str:
@@ -389,7 +388,9 @@ def _run_name(checkpoint, model: str) -> str:
 def _run_regime(checkpoint) -> dict | None:
     """The regime of the run a checkpoint belongs to, from its config.yaml; None for the base model."""
     run_dir = _run_dir(checkpoint)
-    config = run_dir / "config.yaml" if run_dir else None
+    from sharpening.llm.runs import RunFolder
+
+    config = RunFolder(run_dir).config_path if run_dir else None
     if config is None or not config.is_file():
         return None
     import yaml

@@ -186,6 +186,7 @@ class RunFolder:
         self.path = Path(path)
         self.sinks = list(sinks)
         self._lock_file = None
+        self._started = False  # whether this object wrote a fresh run's config (undo_start may remove it)
 
     # -- paths ------------------------------------------------------------------------------------------
     config_path = property(lambda self: self.path / CONFIG)
@@ -274,9 +275,18 @@ class RunFolder:
     def start(self, config: dict, environment: dict) -> None:
         """A fresh run: record the config it starts with, the code version and the environment."""
         config = recordable(config)
+        self._started = True
         self.save_config(config)
         write_json(self.environment_path, environment)
         write_json(self.identity_path, {"started": _now(), "code": code_version(), "config": config, "changes": []})
+
+    def undo_start(self) -> None:
+        """Remove what `start` wrote, if this process started the run and nothing was trained (no metrics, no
+        checkpoint): a start that failed (a bad model name, a prompt too long) must not block the next one."""
+        if self._started and not (set(self.parts_of_a_run()) - {CONFIG, IDENTITY}):
+            for path in (self.config_path, self.identity_path, self.environment_path):
+                path.unlink(missing_ok=True)
+        self._started = False
 
     def resume(self, config: dict, environment: dict, step: int, accept_changes: bool = False) -> list[str]:
         """A resumed run: compare `config` with the one the run uses (config.yaml). Fields outside RESUMABLE that

@@ -149,7 +149,9 @@ class Trainer:
         try:
             self._init(policy, tokenizer, data)
         except BaseException:
-            self.run.close()  # the lock goes with a run that never started
+            if self.ranks.is_main:
+                self.run.undo_start()  # a run that never trained leaves no config behind to block the next start
+            self.run.close()
             raise
 
     def _init(self, policy, tokenizer, data):
