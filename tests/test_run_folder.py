@@ -270,3 +270,28 @@ def test_figures_flag_non_finite_runs_skip_unfinished_and_damaged_ones(tmp_path,
     assert len(notes) == 2
     assert notes[0].startswith(f"note: skipped {tmp_path / 'bad'}: ") and "bare NaN" in notes[0]
     assert notes[1] == f"note: skipped {tmp_path / 'short'}: unfinished run (metrics up to step 2 of 3)"
+
+
+def test_a_full_disk_is_one_line_whoever_raised_it(tmp_path):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True,
+                         text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {res.stderr.strip()[:120]}")
+    try:
+        run = runs.RunFolder(mount / "r")
+        run.path.mkdir()
+        run.log(1, {"loss": 1.0})
+        with pytest.raises(runs.DiskFull) as err:
+            run.log(2, {"blob": "x" * 200_000})  # more than the 64 KiB the folder's disk has
+        assert str(err.value) == f"no space left on the device while writing {run.metrics_path}"
+        with pytest.raises(runs.DiskFull):
+            runs.write_json(run.eval_path, {"blob": "x" * 200_000})
+        assert not run.eval_path.exists() and not [p for p in run.path.iterdir() if p.name.startswith(".")]
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+    # a library's own error that carries the OS's words (safetensors' Rust writer) counts too
+    assert runs.is_disk_full(RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                                          "message: \"No space left on device\" })"))
+    assert not runs.is_disk_full(RuntimeError("something else"))

@@ -65,6 +65,9 @@ class RunFolderError(ValueError):
 class DiskFull(OSError):
     """A write ran out of space; the files written before it (the previous checkpoint) are intact."""
 
+    def __str__(self):
+        return self.strerror  # one line, without OSError's "[Errno 28]" prefix
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Strict JSON
@@ -144,14 +147,31 @@ def is_finite_row(row: dict) -> bool:
     return all(v is not None and (not isinstance(v, float) or math.isfinite(v)) for v in row.values())
 
 
+def is_disk_full(err: BaseException) -> bool:
+    """Whether an error, or one it was raised from, is a full disk or quota: an OSError with ENOSPC / EDQUOT, or
+    a library's own error that carries the OS message (safetensors' Rust writer: "... (os error 28)")."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(err)
+        if "No space left on device" in text or "Disk quota exceeded" in text or "os error 28" in text:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 @contextlib.contextmanager
 def disk_full_is_one_line(path):
-    """Turn ENOSPC / EDQUOT while writing `path` into DiskFull, one line that says so."""
+    """Turn a full disk while writing `path` into DiskFull, one line that says so."""
     try:
         yield
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(err, DiskFull):
-            raise DiskFull(err.errno, f"no space left on the device while writing {path}") from None
+    except DiskFull:
+        raise
+    except Exception as err:  # noqa: BLE001  (only a full disk is translated; anything else goes on as it was)
+        if is_disk_full(err):
+            raise DiskFull(errno.ENOSPC, f"no space left on the device while writing {path}") from None
         raise
 
 
