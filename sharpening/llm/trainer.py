@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -143,7 +144,9 @@ class Trainer:
         self.run_dir, self.metrics_path = self.run.path, self.run.metrics_path
         # the user's mistakes first, before seconds to minutes of loading weights: the data, then the run folder
         self.problems = data.load_problems(cfg.dataset, split=cfg.split, limit=cfg.limit, seed=cfg.seed)
-        self.eval_sets = {d: data.load_problems(d, split=cfg.eval_split, limit=cfg.eval_limit, seed=cfg.eval_seed)
+        # a JSONL path is named by its stem, as `sharpening llm eval` names it: metric keys eval/<name>/pass@k
+        self.eval_sets = {Path(d).stem if d.endswith(".jsonl") else d:
+                          data.load_problems(d, split=cfg.eval_split, limit=cfg.eval_limit, seed=cfg.eval_seed)
                           for d in cfg.eval_datasets}
         self.device = self.ranks.accelerator.device if self.ranks.accelerator else pick_device(cfg.device)
         try:
