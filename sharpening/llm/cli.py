@@ -108,12 +108,13 @@ def resume_hint(cfg) -> str:
 def run_reproduce(args) -> int:
     from sharpening.cli import first_line
     from sharpening.llm.reproduce import reproduce
+    from sharpening.llm.runs import Interrupted
 
     try:
         report = reproduce(args.run_dir, steps=args.steps, threads=args.threads)
     except (ValueError, OSError) as err:
         sys.exit(f"sharpening llm reproduce: {first_line(err)}")
-    except KeyboardInterrupt:
-        sys.exit("sharpening llm reproduce: interrupted")
+    except (KeyboardInterrupt, Interrupted):  # the re-run's temp folder goes with it: nothing to resume
+        sys.exit("sharpening llm reproduce: interrupted; nothing compared")
     print(report.text)
     return 0 if report.identical else 1
