@@ -16,7 +16,9 @@ import numpy as np
 
 from sharpening.figures import style
 from sharpening.figures.llm_runs import (LABELS, PAPER_FAMILIES, SIGNAL_FAMILIES, TABLE_COLUMNS, UNSTABLE, WINDOW,
-                                         Experiment, NoData, Results, failed, pass_matrix, stability, table_rows)
+                                         Experiment, NoData, Results, failed, pass_matrix, stability, table_columns,
+                                         table_rows)
+from sharpening.figures.pass_at_k import metric_label
 from sharpening.objective import Regime
 
 SEED_RANGE = (0, 50, 100)  # median and min-max over seeds
@@ -170,8 +172,9 @@ def fig_llm_pass_at_k(results: Results, axes=None):
                     ax.fill_between(k, lo, hi, color=drawn.get_color(), alpha=0.12, linewidth=0)
                 else:
                     ax.plot(k, np.mean([e.curves[name][metric][1] for e in evals], axis=0), **_line(c))
-            style.decorate(ax, "k (samples per problem)", f"{metric} (held out)", exp.label, legend=False,
-                           ylim=(-0.02, 1.02))
+            shown = [base, *results.base_temperatures(exp), *(r.eval for rs in conditions.values() for r in rs)]
+            style.decorate(ax, "k (samples per problem)", f"{metric_label(metric, shown)} (held out)", exp.label,
+                           legend=False, ylim=(-0.02, 1.02))
             ax.set_xscale("log", base=2)
             style.log_ticks(ax, [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= ax.get_xlim()[1] * 1.01])
     return style.figure_legend(axes, ncol=4)
@@ -273,7 +276,9 @@ def fig_llm_signals(results: Results, axes=None):
         panel_by_condition(row[1], results, exp, lambda e: _first(e, "pass@k", 1), "held-out pass@1",
                            lambda e: _first(e, "pass@k", 1), "after training (dashed: π_ref; bars: 95% CI)",
                            SIGNAL_FAMILIES, fixed_length=False, pass_k=1)
-        panel_by_condition(row[2], results, exp, lambda e: _first(e, "maj@k", maj), f"held-out maj@{maj}",
+        shown = [r.eval for rs in results.conditions(exp, evaluated=True).values() for r in rs]
+        panel_by_condition(row[2], results, exp, lambda e: _first(e, "maj@k", maj),
+                           f"held-out {metric_label(f'maj@{maj}', shown)}",
                            lambda e: _first(e, "maj@k", maj), "after training (dashed: π_ref)", SIGNAL_FAMILIES,
                            fixed_length=False)
     return style.figure_legend(axes, ncol=4)
@@ -441,7 +446,7 @@ def fig_llm_results_table(results: Results, ax=None):
         if not rows:
             _no_data(a, f"{exp.label}: no evaluated runs")
             continue
-        table = a.table(cellText=rows, colLabels=TABLE_COLUMNS, loc="center", cellLoc="center")
+        table = a.table(cellText=rows, colLabels=table_columns(results, exp), loc="center", cellLoc="center")
         table.auto_set_font_size(False)
         table.set_fontsize(6.5)
         table.auto_set_column_width(list(range(len(TABLE_COLUMNS))))

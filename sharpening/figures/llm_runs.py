@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from sharpening.figures import style
-from sharpening.figures.pass_at_k import EvalResult, read_eval
+from sharpening.figures.pass_at_k import EvalResult, metric_label, read_eval
 from sharpening.llm import runs
 from sharpening.objective import Regime
 
@@ -356,6 +356,14 @@ def _ci(evals: list[EvalResult], k: int = 1, ids=None) -> str:
     return mean_ci(y).plain() if y.size else "–"
 
 
+def table_columns(results: Results, exp: Experiment) -> tuple:
+    """TABLE_COLUMNS, maj@k labelled with the rule of the experiment's numbers ("abstaining rule" for results
+    written before the rule was named)."""
+    evals = [results.base_eval(exp), *results.base_temperatures(exp)]
+    evals += [r.eval for runs in results.conditions(exp, evaluated=True).values() for r in runs]
+    return tuple(metric_label(c, evals) for c in TABLE_COLUMNS)
+
+
 def table_rows(results: Results, exp: Experiment) -> list[list[str]]:
     """One row per evaluated condition of the experiment at its main lr, base model first: pass@1 and pass@k
     (k the largest every run has) as mean [95% CI] over seeds x questions; maj@k, length, cap hit as mean (range
@@ -462,7 +470,7 @@ def results_markdown(results: Results) -> str:
         lr = results.main_lr(exp)
         note = experiment_note(results, exp)
         lines += [f"## {exp.label}" + ("" if math.isnan(lr) else f" (lr {lr:g})") + (f": {note}" if note else ""), ""]
-        lines += _markdown_table(TABLE_COLUMNS, table_rows(results, exp)) + [""]
+        lines += _markdown_table(table_columns(results, exp), table_rows(results, exp)) + [""]
         split = mode_split_rows(results, exp)
         if split is not None:
             lines += [f"### {exp.label}: where the base model's mode is wrong", "",

@@ -20,6 +20,7 @@ import yaml
 
 from sharpening.atomic import write_atomic  # noqa: F401  (re-exported: trainer, checkpoint)
 from sharpening.llm.data import TEMPLATES
+from sharpening.llm.grading import GRADERS
 from sharpening.llm.runs import SINKS, check_run_name
 from sharpening.objective import Regime
 
@@ -76,6 +77,9 @@ class TrainConfig:
     """Prompt template: `paper` (the paper's step-by-step prompt), `plain` (the bare problem) or a string with {problem}."""
     prefill: str = ""
     """Text that starts the assistant turn (e.g. `\\boxed{`); the grader sees prefill + response."""
+    grader: str = "strict"
+    """Task reward r and evaluation grading: `strict` (ours: the final box, no hedges) or `paper` (the authors'
+    Math-Verify grading: any final expression, docs/llm_data_eval.md); with `paper`, evaluations also report strict."""
     # Rollouts
     prompts_per_step: int = 4
     """Prompts per training step."""
@@ -177,6 +181,7 @@ class TrainConfig:
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("device", self.device, DEVICES)
         _check_choice("lp_old_source", self.lp_old_source, LP_OLD_SOURCES)
+        _check_choice("grader", self.grader, GRADERS)
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
             raise ValueError(f"max_total_tokens={self.max_total_tokens} must be >= 2 (a prompt token and a response "
                              "token) or null")
