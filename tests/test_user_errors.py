@@ -116,6 +116,8 @@ def test_every_float_field_of_the_config_is_checked():
 @pytest.mark.parametrize("field", float_fields())
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
 def test_non_finite_numbers_fail_the_config_and_the_dry_run(capsys, field, value):
+    if (field, value) == ("max_grad_norm", ".inf"):
+        pytest.skip("max_grad_norm=.inf is the documented way to turn clipping off (test_llm_config)")
     status, out, err = run_cli(capsys, "llm", "train", "--dry-run", "--gpus", "1", f"{field}={value}")
     assert status not in (0, None) and "ok" not in out
     [line] = err.strip().splitlines()

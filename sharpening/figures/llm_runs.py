@@ -23,8 +23,8 @@ Instability of a run (`stability`), on its first WINDOW steps, in this order:
 
 from __future__ import annotations
 
-import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ import yaml
 
 from sharpening.figures import style
 from sharpening.figures.pass_at_k import EvalResult, metric_label, read_eval
+from sharpening.llm import runs
 from sharpening.objective import Regime
 
 class NoData(ValueError):
@@ -149,6 +150,15 @@ class Results:
     root: Path
     runs: list[Run] = field(default_factory=list)
     base: list[EvalResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one note per run folder not drawn, naming it
+    skipped_dirs: list[str] = field(default_factory=list)
+
+    def skip(self, note: str) -> None:
+        """Record (and print, on one line) why a folder is not drawn."""
+        self.skipped.append(note)
+        folder = note.removeprefix("skipped ").split(":")[0]
+        self.skipped_dirs.append(folder)
+        print(f"note: {note}", file=sys.stderr)
 
     def experiments(self) -> list[Experiment]:
         """Every experiment with a run or a base evaluation, sorted."""
@@ -194,44 +204,51 @@ def _order(c: Condition):
     return (c.fixed_length, not c.clipped, rank, c.regime.alpha, c.regime.beta_inv, c.lr)
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl: one JSON object per line with at least `step`; a bad line is a ValueError naming it."""
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-            raise ValueError(f"{path}:{i}: a metrics line is a JSON object with an integer `step`")
-        rows.append(row)
-    return rows
+read_metrics = runs.read_metrics  # the one metrics reader (strict JSON; a bad line names its file and line)
 
 
 def read_run(folder: Path) -> Run:
-    config = yaml.safe_load((folder / "config.yaml").read_text())
-    if not isinstance(config, dict) or "regime" not in config:
-        raise ValueError(f"{folder / 'config.yaml'}: not a training config (no `regime`)")
-    metrics = read_metrics(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else []
-    evaluation = read_eval(folder / "eval.json") if (folder / "eval.json").exists() else None
+    """One run folder read through sharpening.llm.runs. ValueError (naming the file) when it is damaged, and
+    Unfinished when its metrics stop before the config's `steps`."""
+    run = runs.RunFolder(folder)
+    config = run.read_config()
+    if "regime" not in config:
+        raise ValueError(f"{run.config_path}: not a training config (no `regime`)")
+    metrics = run.metrics()
+    if isinstance(config.get("steps"), int) and (not metrics or metrics[-1]["step"] < config["steps"]):
+        last = metrics[-1]["step"] if metrics else 0
+        raise Unfinished(f"{folder}: unfinished run (metrics up to step {last} of {config['steps']})")
+    evaluation = read_eval(run.eval_path) if run.eval_path.exists() else None
     return Run(folder, config, metrics, evaluation)
 
 
+class Unfinished(ValueError):
+    """A run folder whose run has not reached its last step (still running, or stopped): not drawn."""
+
+
 def load_results(root) -> Results:
-    """Every run folder (config.yaml) and base evaluation (eval.json with regime null) under root."""
+    """Every run folder (config.yaml) and base evaluation (eval.json with regime null) under root. An unfinished or
+    damaged run is skipped with a one-line note naming its folder (Results.skipped, and on stderr): one bad run
+    never stops the others from being drawn."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"results folder {str(root)!r} is not a directory")
     found = Results(root)
-    for config in sorted(root.rglob("config.yaml")):
-        if "checkpoints" not in config.parts:
-            found.runs.append(read_run(config.parent))
-    run_dirs = {r.path for r in found.runs}
-    for path in sorted(root.rglob("eval.json")):
-        if path.parent not in run_dirs and "checkpoints" not in path.parts:
-            result = read_eval(path)
+    for config in sorted(root.rglob(runs.CONFIG)):
+        if runs.CHECKPOINTS not in config.parts:
+            try:
+                found.runs.append(read_run(config.parent))
+            except (ValueError, OSError, yaml.YAMLError) as err:
+                found.skip(f"skipped {err}" if isinstance(err, Unfinished) else
+                           f"skipped {config.parent}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+    run_dirs = {r.path for r in found.runs} | {Path(p) for p in found.skipped_dirs}
+    for path in sorted(root.rglob(runs.EVAL)):
+        if path.parent not in run_dirs and runs.CHECKPOINTS not in path.parts:
+            try:
+                result = read_eval(path)
+            except ValueError as err:
+                found.skip(f"skipped {path}: {str(err).splitlines()[0]}")
+                continue
             if result.regime is None and result.sampler in ("ancestral", "temperature"):
                 found.base.append(result)
     return found
@@ -255,8 +272,8 @@ def stability(run: Run, window: int = WINDOW) -> str:
     m = [row for row in run.metrics if row["step"] <= window]
     if not m:
         raise ValueError(f"run {run.name}: no metrics in its first {window} steps")
-    if any(row.get("skipped") for row in m):
-        return "diverged"
+    if any(row.get("skipped") or not runs.is_finite_row(row) for row in m):
+        return "diverged"  # a skipped step, or a non-finite value (written as null) in any metric
     last = m[-3:]
     entropy = np.mean([row["entropy"] for row in last])
     task = np.mean([row["reward/task"] for row in last])
@@ -387,7 +404,7 @@ def read_modes(root) -> dict[str, dict[str, dict]]:
     """The frozen mode files (experiments/freeze_mode.py) under root: {data set: {question id: record}}."""
     modes = {}
     for path in sorted(Path(root).rglob("modes/*.json")):
-        data = json.loads(path.read_text())
+        data = runs.read_json(path)
         modes.setdefault(data["dataset"], {}).update({q["id"]: q for q in data["questions"]})
     return modes
 
@@ -433,7 +450,7 @@ def experiment_note(results: Results, exp: Experiment) -> str:
         if run.experiment == exp:
             for folder in (run.path.parent, run.path.parent.parent):
                 if (folder / "experiment.json").is_file():
-                    notes.add(json.loads((folder / "experiment.json").read_text()).get("label", ""))
+                    notes.add(runs.read_json(folder / "experiment.json").get("label", ""))
     return "; ".join(sorted(n for n in notes if n))
 
 

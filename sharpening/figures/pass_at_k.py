@@ -13,7 +13,6 @@ is drawn at its latest step.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sharpening.figures import style
+from sharpening.llm import runs
 from sharpening.objective import Regime
 
 METRICS = ("pass@k", "maj@k")
@@ -60,10 +60,9 @@ class EvalResult:
 
 def read_eval(path) -> EvalResult:
     """Parse and check one eval.json; a bad file raises ValueError naming the file and the bad entry."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read eval results ({err})") from err
+    data = runs.read_json(path)  # strict JSON: a bare NaN is refused, naming the file
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: an eval.json holds a JSON object, got {type(data).__name__}")
     for key in ("run", "regime", "datasets"):
         if key not in data:
             raise ValueError(f"{path}: missing key {key!r}; an eval.json has run, regime, model, n, step, datasets")

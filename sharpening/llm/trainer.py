@@ -15,22 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
 import os
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from sharpening.llm.allocator import retain_freed_memory
-from sharpening.llm.checkpoint import (load_latest_intact, remove_stale_staging, save_checkpoint, save_sharded,
-                                       staging_dir, truncate_metrics)
-from sharpening.llm.config import TrainConfig, save_config, write_atomic
+from sharpening.llm import runs
+from sharpening.llm.checkpoint import (latest_checkpoint, load_latest_intact, remove_stale_staging, save_checkpoint,
+                                       save_sharded, staging_dir)
+from sharpening.llm.config import TrainConfig
 from sharpening.llm.distributed import (Ranks, enable_activation_checkpointing, global_token_count, micro_batches,
                                          token_mean_scale)
 from sharpening.llm.gpu_plan import vllm_settings
@@ -57,13 +58,18 @@ def task_rewards(texts, answers, G: int, prefill: str = "", device="cpu", grader
     return torch.tensor(r, dtype=torch.float32, device=device)
 
 
-def step_metrics(r, R, A, lp_ref_tok, roll) -> dict:
-    """The per-step metrics documented in docs/llm_trainer.md (lp_ref ones only when lp_ref was computed)."""
+def step_metrics(r, R, A, lp_ref_tok, roll, G: int | None = None) -> dict:
+    """The per-step metrics documented in docs/llm_trainer.md (lp_ref ones only when lp_ref was computed).
+    G: the group size, for frac_reward_zero_std (the share of groups whose shaped rewards are all equal: their
+    advantages are 0 and they teach nothing; TRL's name)."""
     lp_old, T = sequence_sums(roll.lp_old_tok, roll.mask)  # [B], [B]
     m = {"reward/task": r.mean(), "reward/shaped_mean": R.mean(), "reward/shaped_std": R.std(correction=0),
          "adv/mean": A.mean(), "adv/std": A.std(correction=0), "adv/abs_max": A.abs().max(),
          "length/mean": T.mean(), "length/clipped_frac": roll.truncated.float().mean(),
          "entropy": -lp_old.sum() / T.sum().clamp(min=1), "lp_old/mean": lp_old.mean()}
+    if G is not None:
+        groups = R.view(-1, G)
+        m["frac_reward_zero_std"] = (groups == groups[:, :1]).all(1).float().mean()
     if lp_ref_tok is not None:
         lp_ref, _ = sequence_sums(lp_ref_tok, roll.mask)
         m.update({"lp_ref/mean": lp_ref.mean(), "kl_ref": (lp_old - lp_ref).mean()})  # Monte Carlo KL(pi || pi_ref)
@@ -136,20 +142,39 @@ class Trainer:
         from sharpening.llm import data
 
         self.ranks = Ranks.from_env()  # rank 0 of 1 without a launcher; FSDP ranks under `accelerate launch`
-        self.cfg, self.run_dir = cfg, cfg.run_dir
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.cfg, self.run = cfg, runs.RunFolder(cfg.run_dir)
+        self.run_dir, self.metrics_path = self.run.path, self.run.metrics_path
         # the user's mistakes first, before seconds to minutes of loading weights: the data, then the run folder
         self.problems = data.load_problems(cfg.dataset, split=cfg.split, limit=cfg.limit, seed=cfg.seed)
-        self.eval_sets = {d: data.load_problems(d, split=cfg.eval_split, limit=cfg.eval_limit, seed=cfg.eval_seed)
+        # a JSONL path is named by its stem, as `sharpening llm eval` names it: metric keys eval/<name>/pass@k
+        self.eval_sets = {Path(d).stem if d.endswith(".jsonl") else d:
+                          data.load_problems(d, split=cfg.eval_split, limit=cfg.eval_limit, seed=cfg.eval_seed)
                           for d in cfg.eval_datasets}
-        if not cfg.resume and self.metrics_path.exists():
-            raise FileExistsError(f"{self.run_dir} already holds a run; pass resume=true to continue it "
-                                  "or choose another run_name")
         self.device = self.ranks.accelerator.device if self.ranks.accelerator else pick_device(cfg.device)
+        try:
+            self._init(policy, tokenizer, data)
+        except BaseException:
+            if self.ranks.is_main:
+                self.run.undo_start()  # a run that never trained leaves no config behind to block the next start
+            self.run.close()
+            raise
+
+    def _init(self, policy, tokenizer, data):
+        cfg = self.cfg
+        if self.ranks.is_main:
+            self._take_run_folder()  # one writer; identity checked; before the weights load
+        self.ranks.barrier()
         if self.device.type == "cpu":
             retain_freed_memory()  # no page faults on the same tensors every step (sharpening/llm/allocator.py)
         torch.manual_seed(cfg.seed)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
+        self.template = data.TEMPLATES.get(cfg.template, cfg.template)
+        self.prompts = [data.format_prompt(self.tokenizer, p.problem, self.template, cfg.prefill)
+                        for p in self.problems]
+        context = policy.config.max_position_embeddings if policy is not None else model_context(cfg.model)
+        check_context(cfg, self.tokenizer, context, {cfg.dataset: (self.problems, self.prompts)},
+                      {d: (ps, [data.format_prompt(self.tokenizer, p.problem, self.template, cfg.prefill) for p in ps])
+                       for d, ps in self.eval_sets.items()})
         policy = policy if policy is not None else load_model(cfg.model, dtype=torch.float32)
         if cfg.lora is not None:  # the base frozen in cfg.dtype, the adapter fp32; pi_ref = the adapter off
             self.policy = apply_lora(policy, cfg.lora, DTYPES[cfg.dtype], cfg.model).to(self.device).train()
@@ -171,20 +196,34 @@ class Trainer:
         self.engine = make_engine(cfg, self.policy, self.tokenizer, self.ranks.world_size)
         if hasattr(self.engine, "track"):
             self.engine.track(self.opt)  # counts the optimizer's steps: a missed weight sync is an error
-        self.template = data.TEMPLATES.get(cfg.template, cfg.template)
-        self.prompts = [data.format_prompt(self.tokenizer, p.problem, self.template, cfg.prefill)
-                        for p in self.problems]
-        self.step, self.bad_steps = 0, 0
-        self.best = read_best(self.run_dir)  # {"step", "score"} of the weights in checkpoints/best, or None
+        self.step, self.bad_steps, self.pending = 0, 0, None
+        self.best = self.run.read_best()  # {"step", "score"} of the weights in checkpoints/best, or None
         self._open_run()
 
     # -- the run folder ------------------------------------------------------------------------------
+    def _take_run_folder(self):
+        """Lock the run folder for this process, then check what it holds: a fresh run needs a folder holding no
+        part of a run; a resumed one a config that differs only where runs.RESUMABLE allows (or accept_changes).
+        The config, the code version and the environment are recorded (sharpening/llm/runs.py)."""
+        cfg = self.cfg
+        self.run.lock()
+        env = runs.environment(self.device, cfg.dtype, cfg.engine)
+        if not cfg.resume:
+            held = self.run.parts_of_a_run()
+            if held:
+                raise runs.RunFolderError(f"{self.run_dir} already holds a run ({', '.join(held)}); pass --resume "
+                                          "to continue it, or choose another run_name")
+            self.run.start(cfg.to_dict(), env)
+        else:
+            latest = latest_checkpoint(self.run_dir)
+            first_step = 1 + (int(latest.name.split("_")[1]) if latest is not None else 0)
+            self.run.resume(cfg.to_dict(), env, first_step, accept_changes=cfg.accept_changes)
+
     def _open_run(self):
-        """Fresh run: a new folder (__init__ refused one holding a run). Resume: load the newest intact checkpoint
-        (a damaged one is skipped with a warning), cut metrics to it. Either way the temp folders of killed saves
-        go."""
+        """Resume: load the newest intact checkpoint (a damaged one is skipped with a warning), cut metrics to it;
+        a checkpoint saved before its step's metrics line was written (an interrupt, the final evaluation) leaves
+        that line pending. Either way the temp folders of killed saves go."""
         if self.ranks.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             for stale in remove_stale_staging(self.run_dir):  # a save killed mid-write: a model's worth of disk
                 log.warning("removed %s, left by a checkpoint save that was killed", stale)
         self.ranks.barrier()  # no rank looks at the checkpoints while rank 0 cleans them
@@ -194,14 +233,28 @@ class Trainer:
             if hasattr(self.engine, "sync_weights"):
                 self.engine.sync_weights(self.policy)
         if self.ranks.is_main:
-            truncate_metrics(self.metrics_path, self.step)
-            save_config(self.cfg, self.run_dir / "config.yaml")
+            self.run.truncate_metrics(self.step)
+        if state is not None and state.get("metrics") is not None and \
+                all(m["step"] != self.step for m in self.run.metrics()):
+            self.pending = state["metrics"]  # the step's training metrics; its evaluation and line are to come
 
-    def save(self):
+    def save(self, metrics: dict | None = None):
         """Every rank calls this. One process: one folder, renamed into place. Under FSDP: the full weights are
         gathered on rank 0 (a loadable HF folder), every rank writes its shard of weights and optimizer state
-        into a shared staging folder, then rank 0 completes and renames it (collectives, in that order)."""
-        acc, extra, keep = self.ranks.accelerator, {"bad_steps": self.bad_steps}, self.cfg.keep_checkpoints
+        into a shared staging folder, then rank 0 completes and renames it (collectives, in that order).
+        metrics: the step's training metrics, kept with the checkpoint until its metrics line is written. A full
+        disk is runs.DiskFull, one line; the temp folder goes and the previous checkpoint is kept."""
+        previous = latest_checkpoint(self.run_dir)
+        try:
+            with runs.disk_full_is_one_line(self.run.checkpoints / f"step_{self.step:06d}"):
+                return self._save(metrics)
+        except runs.DiskFull as err:
+            kept = f"the previous checkpoint {previous} is kept" if previous is not None else "no checkpoint is kept"
+            raise runs.DiskFull(err.errno, f"{err.strerror}; {kept}: free space, then resume") from None
+
+    def _save(self, metrics):
+        acc, keep = self.ranks.accelerator, self.cfg.keep_checkpoints
+        extra = {"bad_steps": self.bad_steps, "metrics": metrics}
         if acc is None:
             return save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, self.opt, extra, keep)
         weights = acc.get_state_dict(self.policy)
@@ -256,7 +309,7 @@ class Trainer:
         self.last = {"roll": roll, "r": r, "R": R, "A": A, "lp_old_tok": lp_old_tok, "signal": signal}  # for tests
         memory = ({"memory/peak_gib": torch.cuda.max_memory_allocated(self.device) / 2**30}
                   if self.device.type == "cuda" else {})  # this process's tensors (vLLM's pool is its own)
-        return {**step_metrics(r, R, A, lp_ref_tok, roll), **signal.metrics, **update, "time/generate": t1 - t0,
+        return {**step_metrics(r, R, A, lp_ref_tok, roll, G), **signal.metrics, **update, "time/generate": t1 - t0,
                 "time/grade": t2 - t1, "time/ref": t3 - t2, "time/train": t4 - t3, "time/step": t4 - t0, **memory}
 
     def compute(self):
@@ -290,7 +343,8 @@ class Trainer:
         grad_norm = self.ranks.clip_grad_norm(self.policy, self.cfg.max_grad_norm)
         skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
         self.step_or_skip(skipped)
-        return {"loss": loss, "grad_norm": grad_norm, "lr": lr, "skipped": int(skipped),
+        clipped = int(not skipped and grad_norm > self.cfg.max_grad_norm)  # grad_norm is the norm before clipping
+        return {"loss": loss, "grad_norm": grad_norm, "grad_norm/clipped": clipped, "lr": lr, "skipped": int(skipped),
                 **importance_stats(logp_tok, roll.lp_old_tok, roll.mask, self.cfg.is_cap)}
 
     def set_lr(self, step: int) -> float:
@@ -351,17 +405,16 @@ class Trainer:
         info = {"run": cfg.run_name, "regime": cfg.regime.to_dict(), "model": cfg.model, "step": step}
         # the hf engine on several ranks decodes in lockstep: every rank then runs every call (same forward passes)
         split = None if isinstance(self.engine, HFEngine) and self.ranks.world_size > 1 else self.ranks
-        out = self.run_dir / "eval" / f"step_{step:06d}.json" if main else None
         self.engine_ready()
         with self.compute():
             res = evaluate(self.engine, self.eval_sets, n=cfg.eval_n, ks=eval_ks(cfg.eval_n),
                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                            prefill=cfg.prefill, template=self.template, tokenizer=self.tokenizer, seed=cfg.eval_seed,
-                           out=out, info=info, ranks=split, graders=tuple(dict.fromkeys((cfg.grader, "strict"))),
+                           info=info, ranks=split, graders=tuple(dict.fromkeys((cfg.grader, "strict"))),
                            lp_ref=self.eval_lp_ref(step))
         self.engine_sleep()
-        if step == cfg.steps and main:
-            write_atomic(self.run_dir / "eval.json", json.dumps(res, indent=1))
+        if main:
+            self.run.write_eval(res, step, final=step == cfg.steps)
         score = float(np.mean([d["pass@k"]["1"] for d in res["datasets"].values()]))
         if cfg.keep_best and step > 0 and (self.best is None or score > self.best["score"]):
             self.save_best(step, score)
@@ -385,56 +438,121 @@ class Trainer:
         self.best = {"step": step, "score": score, "metric": "pass@1, mean over eval_datasets"}
         if self.ranks.is_main:
             model = acc.unwrap_model(self.policy) if acc is not None else self.policy
-            write_weights_folder(self.run_dir / "checkpoints" / BEST_DIR, model, self.tokenizer, weights, self.best)
+            write_weights_folder(self.run.best_dir, model, self.tokenizer, weights, self.best)
         self.ranks.barrier()
 
     def train(self) -> list[dict]:
-        """Run steps self.step + 1 .. cfg.steps, appending one metrics line per step; returns those lines. With
-        eval_at_start, a fresh run first evaluates the initial policy (a metrics line of step 0)."""
-        cfg, logged = self.cfg, []
+        """Run steps self.step + 1 .. cfg.steps, one metrics line per step (runs.RunFolder.log); returns those lines.
+        With eval_at_start, a fresh run first evaluates the initial policy (a metrics line of step 0).
+
+        Order within a step: train, then save when due (every save_every steps, the last step, or a stop request),
+        then evaluate when due, then the metrics line: the final evaluation runs with a final checkpoint on disk.
+        SIGINT/SIGTERM (runs.StopRequests): the step under way finishes, is saved and the run stops with
+        runs.Interrupted (how to resume); a second signal abandons it (KeyboardInterrupt; the previous checkpoint
+        stays). The run folder's lock is released on return."""
         main = self.ranks.is_main  # rank 0 alone logs and saves
+        if main:
+            self.run.lock()
+            self.run.sinks = runs.open_sinks(self.run, self.cfg.report_to, self.cfg.run_name, self.cfg.to_dict())
+        try:
+            with runs.StopRequests() as stop:
+                return self._train(stop)
+        finally:
+            self.run.close()
+
+    def _train(self, stop) -> list[dict]:
+        cfg, logged, main = self.cfg, [], self.ranks.is_main
+        if cfg.eval_at_start and self.eval_sets and self.step == 0:
+            if main:
+                self.run.truncate_metrics(-1)  # a run killed before its first checkpoint evaluates again
+            logged.append(self._log(0, self.evaluate(0)))
+            if main:
+                tqdm.write("step    0  initial policy: " + "  ".join(f"{k} {v:.3f}" for k, v in logged[-1].items()
+                                                                    if k.endswith("pass@1") and v is not None))
+        if self.pending is not None:  # saved, then stopped before its evaluation and metrics line
+            logged.append(self._finish_step(self.step, self.pending))
+            self.pending = None
         bar = tqdm(range(self.step + 1, cfg.steps + 1), initial=self.step, total=cfg.steps, desc=cfg.run_name,
                    disable=not main)
-        if cfg.eval_at_start and self.eval_sets and self.step == 0 and main:
-            truncate_metrics(self.metrics_path, -1)  # a run killed before its first checkpoint evaluates again
-        with open(self.metrics_path if main else os.devnull, "a") as log:
-            if cfg.eval_at_start and self.eval_sets and self.step == 0:
-                m = {"step": 0, **{k: _json_number(v) for k, v in self.evaluate(0).items()}}
-                log.write(json.dumps(m) + "\n")
-                log.flush()
-                logged.append(m)
-                if main:
-                    tqdm.write("step    0  initial policy: " + "  ".join(f"{k} {v:.3f}" for k, v in m.items()
-                                                                        if k.endswith("pass@1")))
-            for step in bar:
-                m = {"step": step, **self.train_step(step)}
-                m = {k: v if k == "step" else self.ranks.all_mean(v) for k, v in m.items()}  # means over ranks
-                self.step = step
-                if self.eval_sets and (step == cfg.steps or cfg.eval_every and step % cfg.eval_every == 0):
-                    m.update(self.evaluate(step))
-                m = {k: _json_number(v) for k, v in m.items()}
-                log.write(json.dumps(m) + "\n")
-                log.flush()
-                logged.append(m)
-                bar.set_postfix(reward=f"{m['reward/task']:.2f}", sec=f"{m['time/step']:.1f}")
-                if main:
-                    tqdm.write(summary(m))
-                if self.bad_steps >= cfg.max_bad_steps:
-                    raise TrainingDiverged(f"{self.bad_steps} steps in a row had a NaN/inf loss or gradient "
-                                           f"(max_bad_steps={cfg.max_bad_steps}); stopped at step {step}")
-                if step == cfg.steps or cfg.save_every and step % cfg.save_every == 0:
-                    self.save()
+        for step in bar:
+            m = self.train_step(step)
+            m = {k: self.ranks.all_mean(v) for k, v in m.items()}  # means over ranks
+            m.update(throughput(m, cfg.prompts_per_step * cfg.group_size))
+            self.step = step
+            if self.bad_steps >= cfg.max_bad_steps:
+                logged.append(self._log(step, m))
+                raise TrainingDiverged(f"{self.bad_steps} steps in a row had a NaN/inf loss or gradient "
+                                       f"(max_bad_steps={cfg.max_bad_steps}); stopped at step {step}")
+            if step == cfg.steps or cfg.save_every and step % cfg.save_every == 0 or stop.requested:
+                self.save(metrics=m)
+            if stop.requested:
+                raise runs.Interrupted(f"stopped by {stop.requested} after step {step} (checkpoint step_{step:06d} "
+                                       f"saved); continue with: sharpening llm train --config "
+                                       f"{self.run.config_path} --resume")
+            logged.append(self._finish_step(step, m))
+            bar.set_postfix(reward=f"{m['reward/task']:.2f}", sec=f"{m['time/step']:.1f}")
         return logged
 
+    def _finish_step(self, step: int, m: dict) -> dict:
+        """Evaluate when due, then write the step's metrics line."""
+        cfg = self.cfg
+        if self.eval_sets and (step == cfg.steps or cfg.eval_every and step % cfg.eval_every == 0):
+            m = {**m, **self.evaluate(step)}
+        row = self._log(step, m)
+        if self.ranks.is_main:
+            tqdm.write(summary(row))
+        return row
 
-BEST_DIR = "best"
-BEST_FILE = "best.json"
+    def _log(self, step: int, m: dict) -> dict:
+        """The metrics line of a step: written by rank 0 (the JSONL file and the report_to sinks)."""
+        return self.run.log(step, m) if self.ranks.is_main else runs.finite_or_null({"step": step, **m})
+
+
+def throughput(m: dict, sequences: int) -> dict:
+    """Tokens per second of a step: response tokens generated (all ranks) over the step's time and over the
+    generation's time."""
+    tokens = m["length/mean"] * sequences
+    return {"throughput/tokens_per_sec": tokens / max(m["time/step"], 1e-9),
+            "throughput/gen_tokens_per_sec": tokens / max(m["time/generate"], 1e-9)}
+
+
+def model_context(name: str) -> int:
+    """The model's context length (max_position_embeddings of its config; no weights are read)."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(resolve(name)).max_position_embeddings)
+
+
+def check_context(cfg: TrainConfig, tokenizer, context: int, train_sets: dict, eval_sets: dict) -> None:
+    """Refuse, in one line, a prompt + response that cannot fit the model's context: max_new_tokens (or
+    max_total_tokens) beyond it, or a problem whose prompt alone leaves no room for max_new_tokens. A prompt's
+    tokens never outnumber its UTF-8 bytes, so only long prompts are tokenized."""
+    if cfg.max_total_tokens is not None and cfg.max_total_tokens > context:
+        raise ValueError(f"max_total_tokens={cfg.max_total_tokens} exceeds the model's context of {context} tokens")
+    if cfg.max_total_tokens is None and cfg.max_new_tokens >= context:
+        raise ValueError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the model's context "
+                         f"of {context} tokens (or set max_total_tokens <= {context} to cap prompt + response)")
+    # the longest prompt that still leaves its response room: a capped response stops at max_total_tokens
+    room = cfg.max_total_tokens - 1 if cfg.max_total_tokens is not None else context - cfg.max_new_tokens
+    for name, (problems, prompts) in {**train_sets, **eval_sets}.items():
+        for problem, prompt in zip(problems, prompts):
+            if len(prompt.encode()) <= room:
+                continue
+            n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            if n > room:
+                budget = ("max_total_tokens=" + str(cfg.max_total_tokens) if cfg.max_total_tokens
+                          else f"max_new_tokens={cfg.max_new_tokens}")
+                raise ValueError(f"{name}: problem {problem.id!r} has a {n}-token prompt: with {budget} it does not "
+                                 f"fit the model's context of {context} tokens; shorten or drop it")
+
+
+BEST_DIR = runs.BEST_DIR
+BEST_FILE = runs.BEST_FILE
 
 
 def read_best(run_dir):
     """The step and score of a run's checkpoints/best, or None (no best kept yet)."""
-    path = run_dir / "checkpoints" / BEST_DIR / BEST_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return runs.RunFolder(run_dir).read_best()
 
 
 def write_weights_folder(target, model, tokenizer, state_dict, info: dict) -> None:
@@ -445,7 +563,7 @@ def write_weights_folder(target, model, tokenizer, state_dict, info: dict) -> No
     try:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        write_atomic(os.path.join(tmp, BEST_FILE), json.dumps(info, indent=1))
+        runs.write_json(os.path.join(tmp, BEST_FILE), info)
         old = None
         if target.exists():
             old = tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-old-")
@@ -460,11 +578,6 @@ def write_weights_folder(target, model, tokenizer, state_dict, info: dict) -> No
 def eval_ks(n: int) -> tuple:
     """k = 1, 2, 4, ... up to n (and n itself)."""
     return tuple(sorted({2**i for i in range(int(math.log2(n)) + 1)} | {n}))
-
-
-def _json_number(v):
-    """Non-finite floats become null: JSON has no NaN."""
-    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _fmt(v) -> str:
