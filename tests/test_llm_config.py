@@ -52,7 +52,7 @@ def test_regime_forms(spec, expected):
     (["regime.gamma=1"], "unknown regime parameter 'gamma'; valid: ['preset', 'mode', 'alpha'"),
     (["regime=greedy"], "unknown regime preset 'greedy'; choose one of"),
     (["regime.preset=tempered", "regime.alpha=-1"], "Regime.alpha=-1 must be a finite real number >= 0"),
-    (["template=no placeholder"], "must be one of ['paper', 'paper_tex', 'plain', 'worked_sum'] or a string"),
+    (["template=no placeholder"], "must be one of ['direct_sums', 'paper', 'paper_tex', 'partial_sums', 'plain', 'worked_sum'] or a string"),
     (["eval_datasets=[synthetic:add]", "eval_seed=42"], "eval_seed=42 equals seed"),
     (["lr"], "must look like key=value"),
 ])

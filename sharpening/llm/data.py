@@ -34,10 +34,27 @@ WORKED_SUM_TEMPLATE = ("What is 12 + 35?\n\\boxed{12 + 35 = 47}\n\nWhat is 26 + 
                        "{problem}")
 # Splits a template into the turns of a few-shot dialogue (format_prompt); newlines around it are dropped.
 TURN = "<turn>"
+
+
+def few_shot_dialogue(examples, answer) -> str:
+    """A template of TURN-separated turns: "What is a + b + c?", answer(a, b, c) for each example, then {problem}."""
+    turns = [t for a, b, c in examples for t in (f"What is {a} + {b} + {c}?", answer(a, b, c))]
+    return f"\n{TURN}\n".join(turns + ["{problem}"])
+
+
+# The second CPU task (synthetic:add3, a + b + c of one digit; docs/llm_evidence.md, "A task where length
+# matters"): four worked examples as a dialogue, each answered by its partial sums, one a line, then the boxed
+# total. SmolLM2-135M answers in kind without a prefill and ends its turn there; writing the partial sums out,
+# it scores more often than answering in one step (direct_sums: the same examples with the total only).
+SUM3_EXAMPLES = ((3, 5, 7), (6, 2, 9), (4, 8, 1), (9, 7, 5))
+PARTIAL_SUMS_TEMPLATE = few_shot_dialogue(
+    SUM3_EXAMPLES, lambda a, b, c: f"{a} + {b} = {a + b}\n{a + b} + {c} = {a + b + c}\n\\boxed{{{a + b + c}}}")
+DIRECT_SUMS_TEMPLATE = few_shot_dialogue(SUM3_EXAMPLES, lambda a, b, c: f"\\boxed{{{a} + {b} + {c} = {a + b + c}}}")
 # Named templates; any other string with a {problem} placeholder is a template of its own. "plain" (the bare
 # question) is what SmolLM2-135M can partly solve: with the paper's prompt it scores 0% on a + b (measured).
 TEMPLATES = {"paper": PAPER_TEMPLATE, "paper_tex": PAPER_TEX_TEMPLATE, "plain": "{problem}",
-             "worked_sum": WORKED_SUM_TEMPLATE}
+             "worked_sum": WORKED_SUM_TEMPLATE, "partial_sums": PARTIAL_SUMS_TEMPLATE,
+             "direct_sums": DIRECT_SUMS_TEMPLATE}
 
 BENCHMARKS = ("math500", "minerva_math", "aime24", "aime25", "hmmt25", "amc23", "gsm8k_test", "math_train")
 SYNTHETIC_TASKS = ("add", "sub", "mul", "add_sub", "add3", "add4")
