@@ -142,3 +142,12 @@ def test_truncate_metrics_keeps_steps_up_to_checkpoint(tmp_path):
     path.write_text("".join(json.dumps({"step": s, "x": s * 1.5}) + "\n" for s in (1, 2, 3, 4)))
     assert truncate_metrics(path, 2) == 2
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+def test_the_second_tasks_base_config_differs_from_the_grids_in_task_and_evaluation_only():
+    grid, task2 = (load_config(CONFIGS / "cpu" / p) for p in ("grid/base.yaml", "grid2/base_task2.yaml"))
+    changed = {k for k, v in task2.to_dict().items() if grid.to_dict()[k] != v}
+    assert changed == {"out_dir", "dataset", "template", "prefill", "max_new_tokens", "eval_datasets", "eval_limit",
+                       "eval_n"}
+    assert (task2.dataset, task2.template, task2.prefill) == ("synthetic:add3", "partial_sums", "")
+    assert (task2.eval_datasets, task2.eval_limit, task2.eval_n) == (["synthetic:add3"], 128, 8)
