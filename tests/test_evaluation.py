@@ -11,7 +11,7 @@ import pytest
 
 from sharpening.llm.data import Problem, synthetic_problems
 from sharpening.llm.evaluation import (add_eval_arguments, answer_clusters, evaluate, maj_at_k, pass_at_k,
-                                       run_eval)
+                                       run_eval, text_clusters)
 
 
 # --- pass@k -----------------------------------------------------------------------------------------------
@@ -43,40 +43,105 @@ def test_pass_at_k_rejects_impossible_counts(n, c, k):
 
 # --- maj@k ------------------------------------------------------------------------------------------------
 
-def brute_maj_at_k(clusters, correct, k):
-    """Over every k-subset: majority cluster (abstainers -1 do not vote); a tie of m clusters with the correct one
-    scores 1/m; nobody voting scores 0."""
+def brute_maj_at_k(clusters, correct, k, no_answer="abstains"):
+    """Over every k-subset, a plain vote count: the no-answer samples (-1) are left out ("abstains") or counted as
+    one more answer, "none", that is never right ("votes"); a tie of m answers scores (right ones among them) / m;
+    nobody voting scores 0."""
+    right = {correct} if isinstance(correct, int) else set(correct)
     total = Fraction(0)
     subsets = list(combinations(range(len(clusters)), k))
     for s in subsets:
-        votes = Counter(clusters[i] for i in s if clusters[i] != -1)
+        votes = Counter("none" if clusters[i] == -1 else clusters[i] for i in s
+                        if clusters[i] != -1 or no_answer == "votes")
         if votes:
             top = max(votes.values())
             tied = [a for a, v in votes.items() if v == top]
-            total += Fraction(1, len(tied)) if correct in tied else 0
+            total += Fraction(sum(a in right for a in tied), len(tied))
     return float(total / len(subsets))
 
 
 def test_maj_at_k_by_hand():
-    # subsets of 2 from [0, 0, 1, none]: {0,0} 1, {0,1} tie 1/2, {0,-} 1, {0,1} 1/2, {0,-} 1, {1,-} 0 -> 4/6
-    assert maj_at_k([0, 0, 1, -1], correct=0, k=2) == pytest.approx(2 / 3)
-    assert maj_at_k([0, 0, 1, -1], correct=0, k=1) == pytest.approx(2 / 4)  # maj@1 = pass@1
-    assert maj_at_k([0, 0, 1, -1], correct=0, k=4) == 1.0
-    assert maj_at_k([1, 1, 2, -1], correct=-1, k=2) == 0.0  # nobody correct
+    # abstains. subsets of 2 from [0, 0, 1, none]: {0,0} 1, {0,1} 1/2 x2, {0,-} 1 x2, {1,-} 0 -> 4/6
+    assert maj_at_k([0, 0, 1, -1], correct=0, k=2, no_answer="abstains") == pytest.approx(2 / 3)
+    # votes: the {0,-} pairs tie with the no-answer bloc: 1/2 each -> (1 + 1/2 + 1/2 + 1/2 + 1/2 + 0) / 6
+    assert maj_at_k([0, 0, 1, -1], correct=0, k=2, no_answer="votes") == pytest.approx(3 / 6)
+    assert maj_at_k([0, 0, 1, -1], correct=0, k=2) == pytest.approx(3 / 6)  # votes: the default
+    for rule in ("votes", "abstains"):
+        assert maj_at_k([0, 0, 1, -1], correct=0, k=1, no_answer=rule) == pytest.approx(2 / 4)  # maj@1 = pass@1
+        assert maj_at_k([0, 0, 1, -1], correct=0, k=4, no_answer=rule) == 1.0  # 0 has 2 votes, 1 and none 1
+        assert maj_at_k([1, 1, 2, -1], correct=-1, k=2, no_answer=rule) == 0.0  # nobody correct
 
 
-@pytest.mark.parametrize("clusters, k", [([0, 1, 1, 2, 0, -1], 3), ([1, 2, 0, 0, 1, 2, -1, 3], 4),
-                                         ([0, 1, 2, 3, 4, 5, 6], 2)])
-def test_maj_at_k_exact_enumeration_equals_brute_force(clusters, k):
-    assert maj_at_k(clusters, correct=0, k=k) == pytest.approx(brute_maj_at_k(clusters, 0, k), abs=1e-12)
+def test_maj_at_k_no_answer_bloc_that_wins():
+    """Issue 27: 3 correct + 5 without an answer, k = 8 (one subset): the bloc of 5 wins under the paper's rule."""
+    clusters = [0, 0, 0, -1, -1, -1, -1, -1]
+    assert maj_at_k(clusters, correct=0, k=8, no_answer="votes") == 0.0
+    assert maj_at_k(clusters, correct=0, k=8, no_answer="abstains") == 1.0
 
 
-def test_maj_at_k_random_subsets_estimate_brute_force():
+def test_maj_at_k_one_right_one_wrong_six_without_answer():
+    """Issue 27: 1 correct, 1 wrong, 6 without an answer, k = 3; C(8, 3) = 56 subsets, by hand:
+    votes: {right, wrong, none} (6 subsets) is a three-way tie, 1/3 each; {right, none, none} (15) the bloc wins:
+    2 / 56 = 0.0357. abstains: {right, wrong, none} ties right and wrong, 1/2 each; {right, none, none} right wins:
+    (3 + 15) / 56 = 0.321."""
+    clusters = [0, 1, -1, -1, -1, -1, -1, -1]
+    assert maj_at_k(clusters, correct=0, k=3, no_answer="votes") == pytest.approx(2 / 56)
+    assert maj_at_k(clusters, correct=0, k=3, no_answer="abstains") == pytest.approx(18 / 56)
+    assert brute_maj_at_k(clusters, 0, 3, "votes") == pytest.approx(2 / 56)  # the brute force agrees with the hand
+
+
+def test_maj_at_k_ties_with_the_bloc_and_k_equal_n():
+    assert maj_at_k([0, 0, -1, -1], correct=0, k=4, no_answer="votes") == pytest.approx(1 / 2)  # 2 - 2 tie
+    assert maj_at_k([0, 0, -1, -1], correct=0, k=4, no_answer="abstains") == 1.0
+    assert maj_at_k([0, 0, 1, 1, -1, -1], correct=0, k=6, no_answer="votes") == pytest.approx(1 / 3)  # 3-way tie
+    assert maj_at_k([0, 0, 1, 1, -1, -1], correct=0, k=6, no_answer="abstains") == pytest.approx(1 / 2)
+    # k = n: one subset; 4 without an answer beat 3 right under votes
+    clusters = [0, 0, 0, 1, 1, -1, -1, -1, -1]
+    assert maj_at_k(clusters, correct=0, k=9, no_answer="votes") == 0.0
+    assert maj_at_k(clusters, correct=0, k=9, no_answer="abstains") == 1.0
+
+
+def test_maj_at_k_with_several_right_clusters():
+    """The paper's grader clusters by answer text: "1/2" and "0.5" are two clusters, both right. [a, b, c, c] with
+    a, b right, k = 2: {a,b} a tie of two right ones 1; {a,c}, {b,c} x2 each a tie 1/2; {c,c} 0 -> 3 / 6."""
+    assert maj_at_k([0, 1, 2, 2], correct=[0, 1], k=2) == pytest.approx(3 / 6)
+    assert maj_at_k([0, 1, 2, 2], correct=[0, 1], k=4) == 0.0  # c has 2 votes: the majority, though 2 are right
+    assert maj_at_k([0, 1, 2, 2], correct=[], k=2) == 0.0
+
+
+def test_maj_at_k_rejects_an_unknown_rule():
+    with pytest.raises(ValueError, match="no_answer='none' is not one of \\['votes', 'abstains'\\]"):
+        maj_at_k([0, 1], correct=0, k=1, no_answer="none")
+
+
+@pytest.mark.parametrize("rule", ["votes", "abstains"])
+@pytest.mark.parametrize("clusters, correct, k", [([0, 1, 1, 2, 0, -1], 0, 3), ([1, 2, 0, 0, 1, 2, -1, 3], 0, 4),
+                                                  ([0, 1, 2, 3, 4, 5, 6], 0, 2), ([-1, -1, 0, 1, -1, 2, 0], 0, 3),
+                                                  ([0, 1, -1, -1, 2, 2, 1], [0, 1], 4)])
+def test_maj_at_k_exact_enumeration_equals_brute_force(clusters, correct, k, rule):
+    assert maj_at_k(clusters, correct=correct, k=k, no_answer=rule) == \
+        pytest.approx(brute_maj_at_k(clusters, correct, k, rule), abs=1e-12)
+
+
+@pytest.mark.parametrize("rule", ["votes", "abstains"])
+def test_maj_at_k_random_subsets_estimate_brute_force(rule):
     clusters = [0, 0, 0, 1, 1, 1, 1, 2, 2, -1, 0, 3]  # C(12, 6) = 924 subsets > 900: sampled
-    exact = brute_maj_at_k(clusters, 0, 6)
-    estimate = maj_at_k(clusters, correct=0, k=6, subsets=900, seed=3)
-    assert estimate == maj_at_k(clusters, correct=0, k=6, subsets=900, seed=3)  # seeded
+    exact = brute_maj_at_k(clusters, 0, 6, rule)
+    estimate = maj_at_k(clusters, correct=0, k=6, subsets=900, seed=3, no_answer=rule)
+    assert estimate == maj_at_k(clusters, correct=0, k=6, subsets=900, seed=3, no_answer=rule)  # seeded
     assert abs(estimate - exact) < 0.06  # 3.5 standard errors of a mean of 900 draws in [0, 1]
+
+
+def test_maj_at_k_is_exact_for_every_k_of_16():
+    """C(16, 8) = 12870 subsets: enumerated by default (the authors sample 1000)."""
+    clusters = [0, 0, 0, 1, 1, 1, 1, 2, -1, -1, -1, -1, -1, 3, 0, 4]
+    for k in (2, 8, 15):
+        assert maj_at_k(clusters, correct=0, k=k) == pytest.approx(brute_maj_at_k(clusters, 0, k, "votes"), abs=1e-12)
+
+
+def test_text_clusters_as_the_authors_count():
+    ids, right = text_clusters(["1/2", "0.5", None, "3", "1/2", "3"], [1, 1, 0, 0, 1, 0])
+    assert (ids, right) == ([0, 1, -1, 2, 0, 2], [0, 1])
 
 
 def test_answer_clusters_use_the_graders_equivalence():
@@ -145,9 +210,24 @@ def test_evaluate_bookkeeping(tmp_path):
     assert [(p["id"], p["correct"]) for p in d["problems"]] == [("a", 2), ("b", 1), ("c", 0)]
     # pass@k by hand: a: 1/2, 1 - 1/6, 1; b: 1/4, 1 - 3/6, 1; c: 0
     assert d["pass@k"] == pytest.approx({"1": (1 / 2 + 1 / 4) / 3, "2": (5 / 6 + 1 / 2) / 3, "4": 2 / 3})
-    # maj@k by hand. a: clusters [3, 3, 4, none]; k=2: {33} 1, {34} 1/2 x2, {3-} 1 x2, {4-} 0 -> 4/6; k=4: 1.
+    # maj@k by hand. a: clusters [3, 3, 4, none]; k=2: {33} 1, {34} 1/2 x2, {3-} 1 x2 (abstains) or a tie with
+    # the no-answer bloc 1/2 x2 (votes), {4-} 0 -> 4/6 (abstains), 3/6 (votes); k=4: 1.
     # b: [5, 5, 4, 6], correct 4; k=2: {55} 0, {54} 1/2 x2, {56} 0 x2, {46} 1/2 -> 1.5/6; k=4: 0. c: 0.
-    assert d["maj@k"] == pytest.approx({"1": (1 / 2 + 1 / 4) / 3, "2": (4 / 6 + 1.5 / 6) / 3, "4": 1 / 3})
+    assert d["maj@k"] == pytest.approx({"1": (1 / 2 + 1 / 4) / 3, "2": (3 / 6 + 1.5 / 6) / 3, "4": 1 / 3})
+    assert result["maj_rule"] == "votes" and result["grader"] == "strict" and result["graders"] == ["strict"]
+    assert d["by_grader"]["strict"]["maj@k"]["votes"] == d["maj@k"]
+    assert d["by_grader"]["strict"]["maj@k"]["abstains"] == \
+        pytest.approx({"1": (1 / 2 + 1 / 4) / 3, "2": (4 / 6 + 1.5 / 6) / 3, "4": 1 / 3})
+    # the per-sample records: the graded text (prefill + response), the answer, correct, length; the stand-in
+    # engine says nothing of EOS or lp_ref
+    a = d["problems"][0]
+    assert a["gold"] == "3" and a["correct_by_grader"] == {"strict": 2}
+    assert a["samples"] == [
+        {"text": "\\boxed{3}", "answer": "3", "correct": 1, "length": 2.0, "finish": None, "lp_ref": None},
+        {"text": "\\boxed{3} yes", "answer": "3", "correct": 1, "length": 6.0, "finish": None, "lp_ref": None},
+        {"text": "\\boxed{4}", "answer": "4", "correct": 0, "length": 2.0, "finish": None, "lp_ref": None},
+        {"text": "\\boxed{no box", "answer": None, "correct": 0, "length": 6.0, "finish": None, "lp_ref": None}]
+    assert d["cap_frac"] is None
     assert d["num_problems"] == 3
     assert d["mean_length"] == pytest.approx(sum(len(t) for r in responses.values() for t in r) / 12)
     # prompt-major calls of at most 2 prompts, the template through the chat template, the prefill at the end

@@ -4,7 +4,8 @@
     {"run": str, "regime": {"mode", "alpha", "beta_inv", "normalization", "weight"} | null (base model),
      "model": str, "n": int, "temperature": float, "step": int | null,
      "datasets": {name: {"num_problems": int, "pass@k": {"1": float, ...}, "maj@k": {"1": float, ...},
-                         "mean_length": float}}}
+                         "mean_length": float}},
+     "maj_rule": "votes" | "abstains"}    (absent in files written before the rule was named: "abstains")
 A training run directory keeps eval.json for its final evaluation, or eval/step_<N>.json for intermediate
 ones. Every eval.json under the given folder is drawn; a run directory with only eval/step_<N>.json files
 is drawn at its latest step.
@@ -39,6 +40,12 @@ class EvalResult:
     lengths: dict[str, float] = field(default_factory=dict)  # mean response length (tokens) per data set
     temperature: float = 1.0  # the sampling temperature of the evaluation
     problems: dict[str, dict[str, float]] = field(default_factory=dict)  # per data set {problem id: share correct}
+    counts: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)  # per data set {id: (correct, n)}
+    max_new_tokens: int | None = None  # the response budget of the evaluation
+    prefill: str = ""
+    sampler: str = "ancestral"  # how the responses were drawn (`llm eval --sampler`)
+    cap_frac: dict[str, float] = field(default_factory=dict)  # per data set: share of responses cut at the budget
+    maj_rule: str = "abstains"  # maj@k's rule for samples without an answer (evaluation.MAJ_RULES); absent: abstains
 
     @property
     def mean_length(self) -> float:
@@ -64,8 +71,12 @@ def read_eval(path) -> EvalResult:
         regime = None if data["regime"] is None else Regime.from_spec(data["regime"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: bad regime {data['regime']!r}: {err}") from err
+    sampler = data.get("sampler") or {}
     result = EvalResult(str(path), str(data["run"]), regime, data.get("step"), model=str(data.get("model", "")),
-                        temperature=float(data.get("temperature") or 1.0))
+                        temperature=float(data.get("temperature") or 1.0), max_new_tokens=data.get("max_new_tokens"),
+                        prefill=str(data.get("prefill") or ""),
+                        sampler=str(sampler.get("name", "ancestral")) if isinstance(sampler, dict) else str(sampler),
+                        maj_rule=str(data.get("maj_rule") or "abstains"))
     if not isinstance(data["datasets"], dict) or not data["datasets"]:
         raise ValueError(f"{path}: 'datasets' must be a non-empty {{name: results}} object")
     for name, scores in data["datasets"].items():
@@ -83,12 +94,26 @@ def read_eval(path) -> EvalResult:
             result.curves[name][metric] = (k, value)
         if isinstance(scores.get("mean_length"), (int, float)):
             result.lengths[name] = float(scores["mean_length"])
+        for key in ("cap_frac", "cap_hit_frac"):  # the share of responses cut at the budget, when recorded
+            if isinstance(scores.get(key), (int, float)):
+                result.cap_frac[name] = float(scores[key])
         try:
+            result.counts[name] = {str(p["id"]): (int(p["correct"]), int(p["n"])) for p in scores.get("problems", [])}
             result.problems[name] = {str(p["id"]): p["correct"] / p["n"] for p in scores.get("problems", [])}
         except (KeyError, TypeError, ZeroDivisionError) as err:
             raise ValueError(f"{path}: datasets.{name}.problems must be a list of {{id, correct, n > 0}}, "
                              f"got {str(scores.get('problems'))[:200]}") from err
     return result
+
+
+def metric_label(metric: str, evals) -> str:
+    """The metric's name; maj@k's with the rule of the evaluations' numbers: "maj@16 (abstaining rule)"."""
+    if not metric.startswith("maj@"):
+        return metric
+    from sharpening.llm.evaluation import maj_label
+
+    rules = sorted({e.maj_rule for e in evals if e is not None})
+    return f"{metric} ({'; '.join(maj_label(r) for r in rules)})" if rules else metric
 
 
 def find_evals(runs_dir) -> list[EvalResult]:
@@ -125,7 +150,8 @@ def fig_pass_at_k(evals: list[EvalResult], axes=None, datasets=None):
                 if name in e.curves:
                     k, value = e.curves[name][metric]
                     ax.plot(k, value, **style.line(e.regime, label=e.label, marker=markers[e.path], markersize=3.5))
-            style.decorate(ax, "k (samples per problem)", f"{metric} on {name}", legend=False, ylim=(-0.02, 1.02))
+            style.decorate(ax, "k (samples per problem)", f"{metric_label(metric, evals)} on {name}", legend=False,
+                           ylim=(-0.02, 1.02))
             ax.set_xscale("log", base=2)
             k_max = max(e.curves[name][metric][0].max() for e in evals if name in e.curves)
             style.log_ticks(ax, 2 ** np.arange(int(np.log2(k_max)) + 1))  # 1, 2, 4, ...

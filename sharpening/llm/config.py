@@ -20,6 +20,7 @@ import yaml
 
 from sharpening.atomic import write_atomic  # noqa: F401  (re-exported: trainer, checkpoint)
 from sharpening.llm.data import TEMPLATES
+from sharpening.llm.grading import GRADERS
 from sharpening.objective import Regime
 
 ENGINES = ("hf", "vllm")
@@ -69,6 +70,9 @@ class TrainConfig:
     """Prompt template: `paper` (the paper's step-by-step prompt), `plain` (the bare problem) or a string with {problem}."""
     prefill: str = ""
     """Text that starts the assistant turn (e.g. `\\boxed{`); the grader sees prefill + response."""
+    grader: str = "strict"
+    """Task reward r and evaluation grading: `strict` (ours: the final box, no hedges) or `paper` (the authors'
+    Math-Verify grading: any final expression, docs/llm_data_eval.md); with `paper`, evaluations also report strict."""
     # Rollouts
     prompts_per_step: int = 4
     """Prompts per training step."""
@@ -97,7 +101,7 @@ class TrainConfig:
     warmup_steps: int = 50
     """Steps of the linear warmup from warmup_start * lr to lr."""
     max_grad_norm: float = 1.0
-    """Gradient clipping threshold on the global norm."""
+    """Gradient clipping threshold on the global norm; .inf (YAML) turns clipping off, the norm is still logged."""
     is_cap: typing.Optional[float] = None
     """Cap of the truncated importance weight min(pi_theta / pi_engine, is_cap); None = off."""
     lp_old_source: str = "trainer"
@@ -134,14 +138,16 @@ class TrainConfig:
         self.regime = parse_regime(self.regime)
         for f in dataclasses.fields(self):  # NaN passes every comparison below (nan < 0 is False): refuse it first
             value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
+            if isinstance(value, float) and not math.isfinite(value) and not (f.name == "max_grad_norm" and value > 0):
                 raise ValueError(f"{f.name}={value!r} must be a finite number")
         positive = ("prompts_per_step", "max_new_tokens", "steps", "micro_batch_size", "max_bad_steps",
                     "keep_checkpoints", "eval_n", "gen_batch_size")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 1")
-        for name in ("save_every", "eval_every", "warmup_steps", "lr", "weight_decay", "max_grad_norm"):
+        if not self.max_grad_norm > 0:  # clip_grad_norm_ at 0 zeroes every update: training that does nothing
+            raise ValueError(f"max_grad_norm={self.max_grad_norm!r} must be > 0 (.inf: no clipping)")
+        for name in ("save_every", "eval_every", "warmup_steps", "lr", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
         if self.group_size < 2:
@@ -160,6 +166,7 @@ class TrainConfig:
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("device", self.device, DEVICES)
         _check_choice("lp_old_source", self.lp_old_source, LP_OLD_SOURCES)
+        _check_choice("grader", self.grader, GRADERS)
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
             raise ValueError(f"max_total_tokens={self.max_total_tokens} must be >= 2 (a prompt token and a response "
                              "token) or null")

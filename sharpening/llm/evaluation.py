@@ -1,12 +1,18 @@
 """Evaluation: n samples per problem, pass@k by the unbiased estimator, maj@k by majority vote over k-subsets.
 
     pass@k = E_problems[ 1 - C(n - c, k) / C(n, k) ]      c = correct samples out of n (Chen et al., 2021)
-    maj@k  = E_problems[ E_{S subset of the n samples, |S| = k}[ 1 if the most common answer in S is correct ] ]
+    maj@k  = E_problems[ E_{S subset of the n samples, |S| = k}[ credit of the most common answer in S ] ]
 
-maj@k's answers are the last \\boxed{} of each sample, clustered by the grader's equivalence (so "0.5" and
-"\\frac12" vote together); samples without a box abstain. A tie between m most common answers that includes
-the correct one scores 1/m (the expectation of breaking the tie uniformly at random). The subsets are all
-C(n, k) of them when there are at most `subsets`, else `subsets` random ones (seeded).
+maj@k's answers, per grader: strict (grading.grade): the final \\boxed{} answer of each sample (grading.final_answer),
+clustered by the grader's equivalence (so "0.5" and "\\frac12" vote together); paper (grading.grade_paper): the
+authors' voting answer, clustered by its text as they do. Samples without an answer follow a named rule (MAJ_RULES):
+"votes" (the paper's, the default) counts them as one bloc that scores 0 when it wins; "abstains" leaves them out.
+A tie between m most common answers scores (correct ones among them) / m, the expectation of breaking the tie
+uniformly at random. The subsets are all C(n, k) of them when there are at most `subsets`, else `subsets` random
+ones (seeded).
+
+Every evaluation keeps per-sample records (docs/llm_data_eval.md): the text graded, the extracted answer, correct
+(0/1) under each grader, length, finish reason ("eos" or "cap") and lp_ref when a reference is available.
 """
 
 from __future__ import annotations
@@ -22,11 +28,21 @@ from tqdm import tqdm
 
 from sharpening.atomic import write_atomic
 from sharpening.llm.data import BENCHMARKS, PAPER_TEMPLATE, TEMPLATES, Problem, format_prompt, load_problems
-from sharpening.llm.grading import final_answer, grade
+from sharpening.llm.grading import GRADERS, final_answer, grade, grade_paper
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
 SAMPLERS = ("ancestral", "temperature", "power")
 EVAL_DATASETS = ("math500", "minerva_math", "aime24", "aime25", "hmmt25")
+SUBSETS = 20_000  # maj@k: exact over all C(n, k) subsets up to this many (every k of n = 16), else this many random
+# maj@k's rules for samples without an answer, with the label every table and figure prints beside a maj@k
+MAJ_RULES = {"votes": "paper's rule: no answer votes", "abstains": "abstaining rule"}
+LEGACY_MAJ_RULE = "abstains"  # an eval.json without "maj_rule" was written before the rule was named
+
+
+def maj_label(rule: str | None) -> str:
+    """The label of a maj@k rule for tables and figures; None (an eval.json without "maj_rule"): the abstaining
+    rule, the only one before the rules were named."""
+    return MAJ_RULES[rule or LEGACY_MAJ_RULE]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -60,18 +76,33 @@ def answer_clusters(answers: list[str | None], gold: str) -> tuple[list[int], in
     return ids, (CORRECT if CORRECT in ids else -1)
 
 
-def maj_at_k(clusters, correct: int, k: int, subsets: int = 1000, seed: int = 0) -> float:
+def text_clusters(answers: list[str | None], correct: list[int]) -> tuple[list[int], list[int]]:
+    """Cluster answers by their exact text, as the authors' eval_cons_k counts them: (cluster id per sample, -1 for
+    no answer; the ids of the correct clusters: those holding a sample graded correct). Two texts of one value
+    ("1/2", "0.5") are two clusters, both correct."""
+    ids_of: dict[str, int] = {}
+    ids = [-1 if a is None else ids_of.setdefault(a, len(ids_of)) for a in answers]
+    return ids, sorted({i for i, c in zip(ids, correct) if c and i >= 0})
+
+
+def maj_at_k(clusters, correct, k: int, subsets: int = SUBSETS, seed: int = 0, no_answer: str = "votes") -> float:
     """Chance that the majority answer of k samples (drawn without replacement from the n) is correct.
 
-    clusters: the answer cluster of each of the n samples (ints, -1 = no answer, abstains); correct: the
-    correct cluster's id. Ties score 1/(number of tied clusters) when the correct one is among them; a subset
-    where nobody answers scores 0. Exact over all C(n, k) subsets when there are <= `subsets` of them.
+    clusters: the answer cluster of each of the n samples (ints, -1 = no answer); correct: the correct cluster's
+    id, or a collection of ids (several texts of the right value under the paper's grader); -1 or empty: none.
+    no_answer: "votes" (the paper's rule): the samples without an answer vote as one bloc, which scores 0 when it
+    wins; "abstains": they do not vote, and a subset where nobody answers scores 0. A tie of m clusters scores
+    (correct clusters among them) / m: breaking it uniformly at random, in expectation. Exact over all C(n, k)
+    subsets when there are <= `subsets` of them, else the mean over `subsets` random ones (seeded).
     """
+    if no_answer not in MAJ_RULES:
+        raise ValueError(f"no_answer={no_answer!r} is not one of {list(MAJ_RULES)}")
     clusters = np.asarray(clusters, dtype=int)
     n = len(clusters)
     if not 1 <= k <= n:
         raise ValueError(f"maj_at_k needs 1 <= k <= n, got k={k}, n={n}")
-    if correct < 0 or not (clusters == correct).any():
+    right = np.array([c for c in np.atleast_1d(correct) if c >= 0], dtype=int)
+    if not np.isin(right, clusters).any():
         return 0.0
     if math.comb(n, k) <= subsets:
         from itertools import combinations
@@ -80,18 +111,20 @@ def maj_at_k(clusters, correct: int, k: int, subsets: int = 1000, seed: int = 0)
     else:
         rng = np.random.default_rng(seed)
         picks = rng.random((subsets, n)).argsort(1)[:, :k]  # [S, k]: uniform random k-subsets
-    onehot = clusters[:, None] == np.arange(clusters.max() + 1)[None, :]  # [n, m]; no answer: all False
-    votes = onehot[picks].sum(1)  # [S, m]
+    bloc = clusters.max() + 1  # the no-answer bloc's column: it votes under "votes", never under "abstains"
+    onehot = np.where(clusters < 0, bloc if no_answer == "votes" else -1, clusters)[:, None] == np.arange(bloc + 1)
+    votes = onehot[picks].sum(1)  # [S, m + 1]
     top = votes.max(1, keepdims=True)  # [S, 1]
-    tied = (votes == top) & (top > 0)  # [S, m]
-    credit = np.where(tied.any(1), tied[:, correct] / np.maximum(tied.sum(1), 1), 0.0)  # [S]
+    tied = (votes == top) & (top > 0)  # [S, m + 1]
+    is_right = np.isin(np.arange(bloc + 1), right)  # [m + 1]; the bloc is never right
+    credit = (tied & is_right).sum(1) / np.maximum(tied.sum(1), 1)  # [S]
     return float(credit.mean())
 
 
 def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int = 1024, temperature: float = 1.0,
              top_p: float = 1.0, prefill: str = "", template: str = PAPER_TEMPLATE, tokenizer=None,
-             seed: int | None = 0, subsets: int = 1000, prompts_per_call: int | None = None, out=None,
-             info: dict | None = None, ranks=None) -> dict:
+             seed: int | None = 0, subsets: int = SUBSETS, prompts_per_call: int | None = None, out=None,
+             info: dict | None = None, ranks=None, graders=("strict",), maj_rule: str = "votes", lp_ref=None) -> dict:
     """Sample n responses per problem and score them: the eval.json dict (see docs/llm_data_eval.md).
 
     engine: anything with generate(prompts, n, max_new_tokens, temperature, top_p, ignore_eos, seed) returning
@@ -104,7 +137,16 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
     ranks: a `distributed.Ranks` to split the work over data-parallel ranks: engine calls go round-robin to the
     ranks, every rank returns the whole result and rank 0 alone writes `out`. Each call's seed depends only on
     its position, so the result is the one a single process would get.
+
+    graders: which graders score the samples (GRADERS), the first one's numbers at the top of each data set;
+    every grader's under "by_grader". maj_rule: the rule of the top maj@k (MAJ_RULES; both are under "by_grader").
+    lp_ref: None (no lp_ref in the records), "engine" (the evaluated model is pi_ref: the engine's own log-probs
+    of the raw logits, rollout.lp_old_tok, are log pi_ref) or a function rollout -> [B] lp_ref per response.
     """
+    if not graders or any(g not in GRADERS for g in graders):
+        raise ValueError(f"graders={tuple(graders)!r} must be names among {list(GRADERS)}")
+    if maj_rule not in MAJ_RULES:
+        raise ValueError(f"maj_rule={maj_rule!r} is not one of {list(MAJ_RULES)}")
     tokenizer = tokenizer if tokenizer is not None else engine.tokenizer
     datasets = problems if isinstance(problems, dict) else {"problems": problems}
     ks = [k for k in ks if 1 <= k <= n]
@@ -112,7 +154,9 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
         raise ValueError(f"no k in ks={tuple(ks)} is between 1 and n={n}")
     per_call = prompts_per_call or max(1, 64 // n)  # ~64 sequences per engine call: one batch of HFEngine
     result = {**(info or {}), "n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
-              "prefill": prefill, "seed": seed, "datasets": {}}
+              "prefill": prefill, "seed": seed, "grader": graders[0], "graders": list(graders), "maj_rule": maj_rule,
+              "maj_label": maj_label(maj_rule), "lp_ref": None if lp_ref is None else "engine" if lp_ref == "engine"
+              else "reference model", "datasets": {}}
     rank, world_size = (ranks.rank, ranks.world_size) if ranks is not None else (0, 1)
     for name, items in datasets.items():
         starts = range(0, len(items), per_call)
@@ -127,8 +171,10 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
             texts = [prefill + t for t in roll.texts]  # [len(chunk) * n], prompt-major
             lengths = _lengths(roll, texts, tokenizer)
             costs = _costs(roll, lengths)
+            finish, lp = _finish(roll), _lp_ref(roll, lp_ref)
             mine[start] = [{**score_problem(p, texts[i * n:(i + 1) * n], lengths[i * n:(i + 1) * n], ks, subsets,
-                                            seed), **{k: _mean(v[i * n:(i + 1) * n]) for k, v in costs.items()}}
+                                            seed, graders, finish[i * n:(i + 1) * n], lp[i * n:(i + 1) * n], maj_rule),
+                            **{k: _mean(v[i * n:(i + 1) * n]) for k, v in costs.items()}}
                            for i, p in enumerate(chunk)]
             rows += mine[start]
             bar.update(len(chunk) * world_size)  # the other ranks work on as many
@@ -138,31 +184,141 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
             every = {k: v for part in ranks.all_gather(mine) for k, v in part.items()}
             rows = [row for start in starts for row in every[start]]
         result["datasets"][name] = summarize(rows, ks)
+    result = strict_json(result)
     if out is not None and rank == 0:
-        write_atomic(out, json.dumps(result, indent=1))
+        write_atomic(out, json.dumps(result, indent=1, allow_nan=False))
     return result
 
 
-def score_problem(problem: Problem, texts: list[str], lengths: list[float], ks, subsets: int = 1000,
-                  seed: int | None = 0) -> dict:
-    """One problem's n responses -> its correct count c, pass@k and maj@k for each k, and mean length."""
-    r = [grade(t, problem.answer) for t in texts]
-    c = int(sum(r))
-    clusters, correct = answer_clusters([final_answer(t) for t in texts], problem.answer)
+def strict_json(value):
+    """value with every non-finite float (a NaN acceptance rate, an -inf log-prob) as None: JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def _finish(roll) -> list[str | None]:
+    """Per response: "cap" when it hit the token budget (rollout.truncated), else "eos"; None if the engine does not
+    say."""
+    truncated = getattr(roll, "truncated", None)
+    if truncated is None:
+        return [None] * len(roll.texts)
+    return ["cap" if bool(t) else "eos" for t in (truncated.tolist() if hasattr(truncated, "tolist") else truncated)]
+
+
+def _lp_ref(roll, lp_ref) -> list[float | None]:
+    """Per response: log pi_ref of its tokens (evaluate()'s lp_ref argument), or None."""
+    if lp_ref is None:
+        return [None] * len(roll.texts)
+    values = (roll.lp_old_tok * roll.mask).sum(-1) if lp_ref == "engine" else lp_ref(roll)  # [B]
+    return [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+
+
+def score_problem(problem: Problem, texts: list[str], lengths: list[float], ks, subsets: int = SUBSETS,
+                  seed: int | None = 0, graders=("strict",), finish=None, lp_ref=None, maj_rule: str = "votes") -> dict:
+    """One problem's n responses -> its per-sample records and, per grader, the correct count c, pass@k and maj@k
+    (both rules) for each k; the first grader's numbers (and maj@k under maj_rule) also at the top, as before.
+
+    finish: per response "eos", "cap" (hit the token budget) or None (unknown); lp_ref: per response log pi_ref of
+    its tokens, or None."""
     n = len(texts)
-    return {"id": problem.id, "correct": c, "n": n, "mean_length": float(np.mean(lengths)) if lengths else 0.0,
-            "pass@k": {str(k): pass_at_k(n, c, k) for k in ks},
-            "maj@k": {str(k): maj_at_k(clusters, correct, k, subsets, seed or 0) for k in ks}}
+    finish, lp_ref = finish or [None] * n, lp_ref or [None] * n
+    samples = []
+    for text, length, end, lp in zip(texts, lengths, finish, lp_ref):
+        sample = {"text": text, "answer": final_answer(text) or None,  # an empty box answers nothing
+                  "correct": int(grade(text, problem.answer))}
+        if "paper" in graders:
+            r, answer = grade_paper(text, problem.answer)
+            sample.update(answer_paper=answer, correct_paper=int(r))
+        samples.append({**sample, "length": float(length), "finish": end, "lp_ref": lp})
+    row = rescore(samples, problem.answer, ks, graders, subsets, seed)
+    first = row[graders[0]]
+    return {"id": problem.id, "gold": problem.answer, "correct": first["correct"], "n": n,
+            "mean_length": float(np.mean(lengths)) if lengths else 0.0, "pass@k": first["pass@k"],
+            "maj@k": first["maj@k"][maj_rule], "scores": row, "samples": samples}
+
+
+def rescore(samples: list[dict], gold: str, ks, graders=GRADERS, subsets: int = SUBSETS, seed: int | None = 0) -> dict:
+    """{grader: {"correct": c, "pass@k": {k: .}, "maj@k": {rule: {k: .}}}} from one problem's per-sample records
+    (eval.json's "samples"). A grader whose fields a record lacks (e.g. "correct_paper") is graded from its text."""
+    out = {}
+    for g in graders:
+        if g == "strict":
+            correct = [s["correct"] if "correct" in s else int(grade(s["text"], gold)) for s in samples]
+            answers = [s["answer"] if "answer" in s else final_answer(s["text"]) or None for s in samples]
+            clusters, right = answer_clusters(answers, gold)
+        elif g == "paper":
+            graded = [(s["correct_paper"], s["answer_paper"]) if "correct_paper" in s else
+                      grade_paper(s["text"], gold) for s in samples]
+            correct = [int(r) for r, _ in graded]
+            clusters, right = text_clusters([a for _, a in graded], correct)
+        else:
+            raise ValueError(f"grader={g!r} is not one of {list(GRADERS)}")
+        n, c = len(samples), int(sum(correct))
+        out[g] = {"correct": c, "no_answer": float(np.mean([i < 0 for i in clusters])), "pass@k": {str(k): pass_at_k(n, c, k) for k in ks},
+                  "maj@k": {rule: {str(k): maj_at_k(clusters, right, k, subsets, seed or 0, rule) for k in ks}
+                            for rule in MAJ_RULES}}
+    return out
 
 
 def summarize(rows: list[dict], ks) -> dict:
-    """Average the per-problem scores of one data set (each problem weighs the same)."""
+    """Average the per-problem scores of one data set (each problem weighs the same); the cap-hit fraction over all
+    its responses (None when the engine does not say)."""
     costs = {k: float(np.mean([r[k] for r in rows])) for k in COSTS if rows and all(k in r for r in rows)}
+    graders = list(rows[0].get("scores", {})) if rows else []
+    mean = lambda get: float(np.mean([get(r) for r in rows]))  # noqa: E731
+    ends = [s["finish"] for r in rows for s in r.get("samples", []) if s.get("finish") is not None]
     return {"num_problems": len(rows),
-            "pass@k": {str(k): float(np.mean([r["pass@k"][str(k)] for r in rows])) for k in ks},
-            "maj@k": {str(k): float(np.mean([r["maj@k"][str(k)] for r in rows])) for k in ks},
-            "mean_length": float(np.mean([r["mean_length"] for r in rows])) if rows else 0.0, **costs,
-            "problems": [{"id": r["id"], "correct": r["correct"], "n": r["n"]} for r in rows]}
+            "pass@k": {str(k): mean(lambda r: r["pass@k"][str(k)]) for k in ks},
+            "maj@k": {str(k): mean(lambda r: r["maj@k"][str(k)]) for k in ks},
+            "mean_length": mean(lambda r: r["mean_length"]) if rows else 0.0, **costs,
+            "cap_frac": float(np.mean([e == "cap" for e in ends])) if ends else None,
+            "by_grader": {g: {"pass@k": {str(k): mean(lambda r: r["scores"][g]["pass@k"][str(k)]) for k in ks},
+                              "maj@k": {rule: {str(k): mean(lambda r: r["scores"][g]["maj@k"][rule][str(k)])
+                                               for k in ks} for rule in MAJ_RULES}} for g in graders},
+            "problems": [{"id": r["id"], "correct": r["correct"], "n": r["n"],
+                          **({"gold": r["gold"], "correct_by_grader": {g: s["correct"] for g, s in r["scores"].items()},
+                              "samples": r["samples"]} if "samples" in r else {})} for r in rows]}
+
+
+def rescore_result(result: dict, graders=GRADERS, subsets: int = SUBSETS, seed: int = 0) -> dict:
+    """From an eval.json's per-sample records: {data set: {grader: {"no_answer": share of samples without an
+    answer, "pass@k": {k: .}, "maj@k": {rule: {k: .}}}}}, means over problems, every grader and every rule."""
+    out = {}
+    for name, d in result["datasets"].items():
+        problems, ks = d.get("problems", []), [int(k) for k in d["pass@k"]]
+        if not problems or any("samples" not in p or "gold" not in p for p in problems):
+            raise ValueError(f"datasets.{name} has no per-sample records (written before they were kept): "
+                             "re-run the evaluation")
+        rows = [rescore(p["samples"], p["gold"], ks, graders, subsets, seed) for p in problems]
+        mean = lambda get: float(np.mean([get(r) for r in rows]))  # noqa: E731
+        out[name] = {g: {"no_answer": mean(lambda r: r[g]["no_answer"]),
+                         "pass@k": {str(k): mean(lambda r: r[g]["pass@k"][str(k)]) for k in ks},
+                         "maj@k": {rule: {str(k): mean(lambda r: r[g]["maj@k"][rule][str(k)]) for k in ks}
+                                   for rule in MAJ_RULES}}
+                     for g in graders}
+    return out
+
+
+def grader_table(rescored: dict) -> str:
+    """rescore_result's numbers as a Markdown table: one row per data set, grader and maj@k rule."""
+    lines = []
+    for name, by in rescored.items():
+        ks = list(next(iter(by.values()))["pass@k"])
+        top = ks[-1]
+        head = ["data set", "grader", "no answer", "maj@k rule", "pass@1", f"pass@{top}"] + [f"maj@{k}" for k in ks]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for g, d in by.items():
+            for rule in MAJ_RULES:
+                cells = [name, g, f"{d['no_answer']:.3f}", maj_label(rule), f"{d['pass@k'][ks[0]]:.3f}",
+                         f"{d['pass@k'][top]:.3f}"] + [f"{d['maj@k'][rule][k]:.3f}" for k in ks]
+                lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 COSTS = ("tokens_per_answer", "acceptance")  # per-answer costs, averaged per problem then over problems
@@ -220,6 +376,18 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--out", default=None, help="folder for eval.json (default: print only)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="hf (CPU/GPU) or vllm (GPU)")
+    scoring = parser.add_argument_group("scoring", "graders, the maj@k rule, lp_ref (docs/llm_data_eval.md)")
+    scoring.add_argument("--grader", choices=GRADERS, default="strict",
+                         help="strict: ours (default); paper: the authors' Math-Verify grading, reported beside strict's")
+    scoring.add_argument("--maj-rule", choices=tuple(MAJ_RULES), default="votes",
+                         help="samples without an answer in maj@k: votes (the paper's rule, default: they vote as "
+                              "one bloc that scores 0) or abstains (they do not vote); eval.json keeps both")
+    scoring.add_argument("--ref-model", default=None,
+                         help="reference model pi_ref for each sample's lp_ref (a forward pass); default: the "
+                              "evaluated --model itself when no --checkpoint is given, else no lp_ref")
+    scoring.add_argument("--rescore", default=None, metavar="EVAL_JSON",
+                         help="load no model: recompute pass@k and maj@k of an eval.json from its per-sample records "
+                              "under both graders and both maj@k rules, and print them as a Markdown table")
     sampler = parser.add_argument_group("sampler", "how each response is drawn (docs/power_sampling.md)")
     sampler.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
                          help="ancestral: the model at --temperature (default); temperature: token-level temperature "
@@ -237,6 +405,8 @@ def add_eval_arguments(parser) -> None:
 
 def run_eval(args) -> int:
     """`sharpening llm eval`: load the model, evaluate every data set, print a table, write DIR/eval.json."""
+    if args.rescore is not None:
+        return _rescore(args.rescore)
     ks = _parse_ints(args.ks, "--ks")
     for flag, value, ok in (("--n", args.n, args.n >= 1), ("--limit", args.limit, args.limit is None or args.limit >= 1),
                             ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1),
@@ -279,10 +449,54 @@ def run_eval(args) -> int:
     t0 = time.time()
     result = evaluate(engine, datasets, n=args.n, ks=ks, max_new_tokens=args.max_new_tokens,
                       temperature=temperature, top_p=args.top_p, prefill=args.prefill, template=args.template,
-                      seed=args.seed, out=out, info=info)
+                      seed=args.seed, out=out, info=info, graders=("paper", "strict") if args.grader == "paper"
+                      else ("strict",), maj_rule=args.maj_rule, lp_ref=_reference(args))
     print(format_table(result))
     print(f"{time.time() - t0:.0f} s" + (f"; wrote {out}" if out else ""))
     return 0
+
+
+def _rescore(path) -> int:
+    """`sharpening llm eval --rescore EVAL_JSON`: both graders and both maj@k rules from the per-sample records."""
+    try:
+        result = json.loads(Path(path).read_text())
+        print(grader_table(rescore_result(result)))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"sharpening llm eval: --rescore {path!r}: {err}") from None
+    return 0
+
+
+def _reference(args):
+    """evaluate()'s lp_ref: the evaluated model's own log-probs when it is pi_ref (no --checkpoint, and --ref-model
+    unset or the same model), a forward pass of --ref-model otherwise, None without a reference."""
+    if args.ref_model is None or (args.checkpoint is None and args.ref_model == args.model):
+        return "engine" if args.checkpoint is None else None
+    return reference_logprobs(args.ref_model)
+
+
+def reference_logprobs(model_path: str, micro_batch_size: int = 16):
+    """A function rollout -> [B] lp_ref = sum_t log pi_ref(y_t | x, y_<t) of each response under the model at
+    model_path (loaded once, frozen; a no-grad forward pass in micro-batches on the rollout's device)."""
+    import torch
+
+    from sharpening.llm.models import load_model
+    from sharpening.llm.rollout import response_logprobs
+
+    try:
+        ref = load_model(model_path).eval().requires_grad_(False)
+    except OSError as err:
+        from sharpening.cli import first_line
+
+        raise SystemExit(f"sharpening llm eval: cannot load --ref-model {model_path!r}: {first_line(err)}") from None
+
+    @torch.no_grad()
+    def lp_ref(roll):
+        ref.to(roll.tokens.device)
+        return torch.cat([(response_logprobs(ref, roll, slice(i, i + micro_batch_size)).float()
+                           * roll.mask[i:i + micro_batch_size]).sum(-1)
+                          for i in range(0, len(roll), micro_batch_size)])  # [B]
+
+    return lp_ref
 
 
 def _sampler(args):
@@ -313,15 +527,23 @@ def _sampler(args):
 
 
 def format_table(result: dict) -> str:
-    """A plain-text table: one row per data set, pass@k and maj@k columns."""
+    """A plain-text table: one row per data set and grader, pass@k and maj@k columns, mean length, tokens per answer
+    and the fraction of responses that hit the token budget (cap); a last line names the maj@k rule."""
     ks = list(next(iter(result["datasets"].values()))["pass@k"]) if result["datasets"] else []
-    head = f"{'dataset':<16}{'problems':>9}" + "".join(f"{'pass@' + k:>9}" for k in ks) + \
-        "".join(f"{'maj@' + k:>8}" for k in ks) + f"{'length':>8}{'tokens/answer':>15}"
+    rule = result.get("maj_rule")
+    head = f"{'dataset':<16}{'grader':>7}{'problems':>9}" + "".join(f"{'pass@' + k:>9}" for k in ks) + \
+        "".join(f"{'maj@' + k:>8}" for k in ks) + f"{'length':>8}{'tokens/answer':>15}{'cap':>7}"
     lines = [head]
+    num = lambda v, width, digits: f"{'–':>{width}}" if v is None else f"{v:>{width}.{digits}f}"  # noqa: E731
     for name, d in result["datasets"].items():
-        lines.append(f"{name:<16}{d['num_problems']:>9}" + "".join(f"{d['pass@k'][k]:>9.3f}" for k in ks)
-                     + "".join(f"{d['maj@k'][k]:>8.3f}" for k in ks) + f"{d['mean_length']:>8.1f}"
-                     + f"{d.get('tokens_per_answer', float('nan')):>15.1f}")
+        by = d.get("by_grader") or {result.get("grader", "strict"): None}
+        for grader, scores in by.items():
+            pass_k = scores["pass@k"] if scores else d["pass@k"]
+            maj_k = scores["maj@k"][rule] if scores and rule else d["maj@k"]
+            lines.append(f"{name:<16}{grader:>7}{d['num_problems']:>9}" + "".join(f"{pass_k[k]:>9.3f}" for k in ks)
+                         + "".join(f"{maj_k[k]:>8.3f}" for k in ks) + num(d['mean_length'], 8, 1)
+                         + num(d.get('tokens_per_answer'), 15, 1) + num(d.get('cap_frac'), 7, 3))
+    lines.append(f"maj@k: {maj_label(rule)}" + (" (both rules per grader in eval.json's by_grader)" if rule else ""))
     return "\n".join(lines)
 
 

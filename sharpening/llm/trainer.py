@@ -47,11 +47,12 @@ class TrainingDiverged(RuntimeError):
     """max_bad_steps steps in a row had a NaN/inf loss or gradient."""
 
 
-def task_rewards(texts, answers, G: int, prefill: str = "", device="cpu"):
-    """Task reward r_i = grade(prefill + y_i, answer of prompt i // G), 0 or 1. Returns [B] float32."""
+def task_rewards(texts, answers, G: int, prefill: str = "", device="cpu", grader: str = "strict"):
+    """Task reward r_i = grade(prefill + y_i, answer of prompt i // G), 0 or 1, under `grader` (grading.GRADERS).
+    Returns [B] float32."""
     from sharpening.llm.grading import grade_batch
 
-    r = grade_batch([prefill + y for y in texts], [answers[i // G] for i in range(len(texts))])
+    r = grade_batch([prefill + y for y in texts], [answers[i // G] for i in range(len(texts))], grader=grader)
     return torch.tensor(r, dtype=torch.float32, device=device)
 
 
@@ -230,7 +231,8 @@ class Trainer:
                                         seed=cfg.seed * 1_000_003 + step)  # y ~ pi_old, lp_old_tok [B, T]
         self.engine_sleep()  # a colocated vLLM hands the GPU over to training
         t1 = time.perf_counter()
-        r = task_rewards(roll.texts, [self.problems[i].answer for i in idx], G, cfg.prefill, roll.mask.device)
+        r = task_rewards(roll.texts, [self.problems[i].answer for i in idx], G, cfg.prefill, roll.mask.device,
+                         cfg.grader)
         t2 = time.perf_counter()
         lp_ref_tok = self.forward_logprobs(self.ref, roll) if regime.needs_lp_ref else None  # frozen pi_ref [B, T]
         lp_old_tok = self.lp_old(roll) if regime.needs_lp_old else roll.lp_old_tok  # pi_old [B, T]
@@ -333,7 +335,8 @@ class Trainer:
             res = evaluate(self.engine, self.eval_sets, n=cfg.eval_n, ks=eval_ks(cfg.eval_n),
                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                            prefill=cfg.prefill, template=self.template, tokenizer=self.tokenizer, seed=cfg.eval_seed,
-                           out=out, info=info, ranks=split)
+                           out=out, info=info, ranks=split, graders=tuple(dict.fromkeys((cfg.grader, "strict"))),
+                           lp_ref=self.eval_lp_ref(step))
         self.engine_sleep()
         if step == cfg.steps and main:
             write_atomic(self.run_dir / "eval.json", json.dumps(res, indent=1))
@@ -342,6 +345,15 @@ class Trainer:
             self.save_best(step, score)
         return {f"eval/{name}/{metric}@{k}": v for name, d in res["datasets"].items()
                 for metric in ("pass", "maj") for k, v in d[f"{metric}@k"].items()}
+
+    def eval_lp_ref(self, step: int):
+        """evaluate()'s lp_ref: at step 0 the policy is pi_ref (its engine's log-probs are lp_ref); later the frozen
+        reference's forward pass when the regime keeps one; else none."""
+        if step == 0:
+            return "engine"
+        if self.ref is None:
+            return None
+        return lambda roll: sequence_sums(self.forward_logprobs(self.ref, roll), roll.mask)[0]  # [B]
 
     def save_best(self, step: int, score: float) -> None:
         """Write the current weights to checkpoints/best (a loadable HF folder with best.json: step, score). Every

@@ -23,9 +23,12 @@ from sharpening.llm.grading.compare import answers_equal, is_expression
 from sharpening.llm.grading.extract import extract_boxed, final_answer
 from sharpening.llm.grading.guard import call_with_timeout
 from sharpening.llm.grading.numbers import RTOL, parse_number, too_big
+from sharpening.llm.grading.paper import grade_paper
 
-__all__ = ["grade", "grade_batch", "extract_boxed", "final_answer", "parse_number", "is_expression", "TIMEOUT_S",
-           "RTOL"]
+__all__ = ["grade", "grade_batch", "grade_paper", "grader_reward", "extract_boxed", "final_answer", "parse_number",
+           "is_expression", "TIMEOUT_S", "RTOL", "GRADERS"]
+
+GRADERS = ("strict", "paper")  # strict: grade() (ours, the default); paper: grade_paper() (the authors' Math-Verify)
 
 TIMEOUT_S = 1.5  # wall-clock limit of one grade() call (a right answer: < 0.3 s; 1.0 s for the longest Minerva one)
 MAX_RESPONSE_CHARS = 1_000_000  # a longer response is a runaway (4096 tokens are ~16k characters)
@@ -70,14 +73,27 @@ def nesting_depth(s: str) -> int:
     return deepest
 
 
-def grade_batch(responses: list[str], golds: list[str], workers: int = 1, timeout: float = TIMEOUT_S) -> list[float]:
-    """[grade(response_i, gold_i)]; workers > 1 grades in that many spawned processes (~2 s start-up each)."""
+def grader_reward(response: str, gold: str, grader: str = "strict", timeout: float | None = None) -> float:
+    """r under the named grader (GRADERS): grade() for "strict", the r of grade_paper() for "paper"."""
+    if grader == "strict":
+        return grade(response, gold, TIMEOUT_S if timeout is None else timeout)
+    if grader == "paper":
+        return grade_paper(response, gold, *(() if timeout is None else (timeout,)))[0]
+    raise ValueError(f"grader={grader!r} is not one of {list(GRADERS)}")
+
+
+def grade_batch(responses: list[str], golds: list[str], workers: int = 1, timeout: float | None = None,
+                grader: str = "strict") -> list[float]:
+    """[r(response_i, gold_i)] under `grader` (GRADERS; default strict = grade()); workers > 1 grades in that
+    many spawned processes (~2 s start-up each). timeout: per call (default: the grader's own)."""
+    if grader not in GRADERS:
+        raise ValueError(f"grader={grader!r} is not one of {list(GRADERS)}")
     if len(responses) != len(golds):
         raise ValueError(f"grade_batch got {len(responses)} responses but {len(golds)} gold answers")
     if workers <= 1 or len(responses) < 2:
-        return [grade(y, g, timeout) for y, g in zip(responses, golds)]
+        return [grader_reward(y, g, grader, timeout) for y, g in zip(responses, golds)]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:  # spawn: no fork of a torch process
-        return pool.starmap(grade, [(y, g, timeout) for y, g in zip(responses, golds)],
+        return pool.starmap(grader_reward, [(y, g, grader, timeout) for y, g in zip(responses, golds)],
                             chunksize=max(1, len(responses) // (4 * workers)))
 
 

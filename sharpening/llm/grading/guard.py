@@ -130,9 +130,9 @@ _HELPER = _Helper()
 def serve():
     """The helper's loop. Imports the grader (and math-verify) before saying ready, so that a timeout measures
     the work only."""
-    from sharpening.llm.grading import warm_up
+    from sharpening.llm.grading.paper import warm_up_paper
 
-    warm_up()
+    warm_up_paper()  # the strict grader's warm-up and the paper grader's
     print("ready", flush=True)
     for line in sys.stdin:
         module, function, args, timeout = json.loads(line)
