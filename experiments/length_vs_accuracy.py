@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bin-width", type=int, default=8)
-    parser.add_argument("--out", default=None, help="folder for eval.json, samples.jsonl and length_accuracy.json")
+    parser.add_argument("--out", default=None, help="folder for base_eval.json (evaluate's dict), samples.jsonl and length_accuracy.json")
     args = parser.parse_args(argv)
     if args.bin_width < 1:
         raise SystemExit(f"--bin-width={args.bin_width} must be a positive number of tokens")
@@ -185,7 +185,8 @@ def main(argv=None) -> int:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if result is not None:
-            (out / "eval.json").write_text(json.dumps(result, indent=1))
+            # not eval.json: the figures collect every eval.json under results/ as a trained run's
+            (out / "base_eval.json").write_text(json.dumps(result, indent=1))
             with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(s) + "\n" for s in samples)
         (out / "length_accuracy.json").write_text(json.dumps(table, indent=1))
