@@ -76,8 +76,10 @@ def test_trainer_sleeps_vllm_for_training_and_keeps_it_awake_through_evaluations
     tr.engine.track(tr.opt)
     tr.train()
     calls = [c for i, c in enumerate(backend.calls) if c != "load" or backend.calls[i - 1] != "load"]  # loads: once
+    # sleep level 2 discards the weights: the evaluation's sleep is followed by a reload of the same weights
     assert calls == ["generate", "generate", "sleep",  # evaluation at step 0: one call per dataset, then sleep
-                     "wake:weights", "wake:kv_cache", "generate", "sleep",  # the step's rollout, then training
+                     "wake:weights", "load", "reset",  # the discarded weights reloaded (no step since)
+                     "wake:kv_cache", "generate", "sleep",  # the step's rollout, then training
                      "wake:weights", "load", "reset",  # the update's weights
                      "wake:kv_cache", "generate", "generate", "sleep"]  # the final evaluation
     roll = tr.last["roll"]

@@ -115,7 +115,9 @@ def test_evaluation_keeps_the_engine_awake_between_calls():
     from sharpening.llm.vllm_engine import VLLMEngine
 
     backend = RecordingBackend()
-    engine = VLLMEngine("unused", ChatCharTokenizer(), backend=backend)
+    # level 1 (weights kept): a level-2 sleep would need a weight sync before the second evaluation (tested in
+    # test_gpu_plan.py and, with the trainer, test_gpu_path.py)
+    engine = VLLMEngine("unused", ChatCharTokenizer(), sleep_level=1, backend=backend)
     problems = [Problem(str(i), "abc", "1") for i in range(3)]
     evaluate(engine, problems, n=2, ks=(1,), max_new_tokens=3, template="{problem}", prompts_per_call=1)
     assert backend.calls == ["generate"] * 3  # started awake, stayed awake
@@ -162,12 +164,14 @@ AUTHORS_COT_TXT = ("Think step-by-step to solve the following problem. Output yo
 AUTHORS = {
     "qwen2.5-3b": {"model": "Qwen/Qwen2.5-3B-Instruct", "prompts": 32, "total": 2048, "micro": 4, "steps": 500,
                    "validation": ["DigitalLearningGmbH/MATH-lighteval"], "val_limit": 5000, "fixed": True,
-                   "beta_invs": {0.0, 100.0, 10000.0}},
+                   "beta_invs": {0.0, 100.0, 10000.0}, "eval_n": 1},
     "llama3.2-3b": {"model": "meta-llama/Llama-3.2-3B-Instruct", "prompts": 32, "total": 2048, "micro": 4,
                     "steps": 500, "validation": ["DigitalLearningGmbH/MATH-lighteval"], "val_limit": 5000,
-                    "fixed": True, "beta_invs": {0.0, 100.0, 10000.0}},
+                    "fixed": True, "beta_invs": {0.0, 100.0, 10000.0}, "eval_n": 1},
     "qwen3-4b": {"model": "Qwen/Qwen3-4B-Instruct-2507", "prompts": 64, "total": 4096, "micro": 2, "steps": 1000,
-                 "validation": ["aime24"], "val_limit": None, "fixed": False, "beta_invs": {0.0, 10000.0}},
+                 "validation": ["aime24"], "val_limit": None, "fixed": False, "beta_invs": {0.0, 10000.0},
+                 # NeMo-RL's AIME2024Dataset(repeat=16): each of the 30 problems 16 times per validation
+                 "eval_n": 16},
 }
 PAPER = ROOT / "configs" / "paper"
 
@@ -199,8 +203,8 @@ def test_paper_configs_follow_the_authors(model):
                                                                                                       50, 1.0)
         assert (cfg.is_cap, cfg.lp_old_source, cfg.template, cfg.temperature, cfg.top_p) == (20.0, "trainer", "paper",
                                                                                            1.0, 1.0)
-        assert (cfg.eval_at_start, cfg.eval_every, cfg.eval_n, cfg.keep_best, cfg.save_every) == (True, 20, 1, True,
-                                                                                                  20)
+        assert (cfg.eval_at_start, cfg.eval_every, cfg.eval_n, cfg.keep_best, cfg.save_every) == (
+            True, 20, want["eval_n"], True, 20)
         assert (cfg.eval_datasets, cfg.eval_split, cfg.eval_limit) == (want["validation"], "test", want["val_limit"])
         if cfg.regime.mode == "sampling":
             sampling_beta_invs.add(cfg.regime.beta_inv)

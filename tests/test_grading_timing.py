@@ -18,7 +18,12 @@ from sharpening.llm.grading.guard import call_with_timeout
 from test_grading_hacks import ALL  # issue #12's lists and the reward-hacking set
 
 LIMIT_S = 2.0
+RESTART_LIMIT_S = 10.0  # a fresh helper process importing the grader, on a loaded machine
 ADVERSARIAL = [(response, gold, verdict) for cases in ALL.values() for response, gold, verdict, _ in cases]
+
+
+def warm_up() -> None:
+    assert grade("\\boxed{\\frac12}", "0.5") == 1.0
 
 
 def timed_grade(response: str, gold: str) -> tuple[float, float]:
@@ -49,8 +54,9 @@ def test_adversarial_answers_in_a_thread():
 
 @pytest.mark.slow
 def test_adversarial_answers_in_a_process_pool():
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        assert list(pool.map(grade, ["\\boxed{\\frac12}"] * 2, ["0.5"] * 2)) == [1.0, 1.0]  # workers started
+    # each worker grades once as it starts (the initializer), so no timed call pays for math-verify's import,
+    # whichever worker it lands on
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=warm_up) as pool:
         for response, gold, verdict in ADVERSARIAL:
             r, seconds = pool.submit(timed_grade, response, gold).result()
             assert (r, seconds < LIMIT_S) == (verdict, True), (response[:40], seconds)
@@ -80,7 +86,8 @@ def test_guard_stops_slow_work_in_a_thread_and_kills_a_stuck_helper():
         results["c"] = call_with_timeout("builtins", "eval", ["sum(range(10**13))"], 0.5, "stopped")
         t3 = time.monotonic()
         results["after"] = call_with_timeout("math", "sqrt", [16.0], 0.5, "stopped")  # the new helper works
-        results["seconds"] = (t1 - t0, t2 - t1, t3 - t2)
+        t4 = time.monotonic()
+        results["seconds"] = (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
 
     thread = threading.Thread(target=work)
     thread.start()
@@ -88,6 +95,9 @@ def test_guard_stops_slow_work_in_a_thread_and_kills_a_stuck_helper():
     assert not thread.is_alive()
     assert (results["warm"], results["python"], results["c"], results["after"]) == (4.0, "stopped", "stopped", 4.0)
     assert results["seconds"][1] < 1.5 and results["seconds"][2] < 1.5, results["seconds"]
+    # the call after a kill waits for the successor to import sympy and math-verify (its start was measured at
+    # 1.1 s on the shared 2 cores): bounded by that start, not by the helper's 60 s start-up allowance
+    assert results["seconds"][3] < RESTART_LIMIT_S, results["seconds"]
 
 
 @pytest.mark.slow

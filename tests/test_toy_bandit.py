@@ -65,8 +65,8 @@ def test_sharpening_picks_the_wrong_mode_and_task_reward_the_correct_arms():
     for exact in (True, False):
         sharp = train(Regime.sharpening(), LP_REF, R_TASK, steps=400, seeds=6, exact=exact)
         task = train(Regime.task_reward(), LP_REF, R_TASK, steps=400, seeds=6, exact=exact)
-        assert (sharp.probs[:, 0] > 0.9).all()
-        assert (task.probs @ R_TASK > 0.9).all()
+        assert (sharp.probs[:, 0] > 0.99).all()  # the README: > 0.99 on the wrong arm, every seed
+        assert (task.probs @ R_TASK > 0.99).all()  # and > 0.99 on correct arms
         np.testing.assert_allclose(task.task_reward[-1], task.probs @ R_TASK)
 
 

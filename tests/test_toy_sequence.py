@@ -73,14 +73,14 @@ def test_sharpening_converges_to_the_short_wrong_mode():
     for exact in (True, False):
         res = train(Regime.sharpening(), MODEL, steps=500, lr=2.0, seeds=4, exact=exact)
         mode = SEQS.index("2$")
-        assert (res.probs[:, mode] > 0.9).all(), exact
+        assert (res.probs[:, mode] > 0.99).all(), exact  # docs/toy.md: mode_prob 0.998
         assert (res.mean_length[-1] < 2.1).all() and res.mean_length[0, 0] == pytest.approx(np.exp(LP_REF) @ LENGTHS)
 
 
 def test_task_reward_in_the_objective_fixes_the_answer():
     for regime in (Regime("optimization", alpha=1.0, beta_inv=1.0), Regime.tilted(1.0, 100.0)):
         res = train(regime, MODEL, steps=300, lr=2.0, seeds=4)
-        assert (res.probs @ R_TASK > 0.9).all(), regime.name
+        assert (res.probs @ R_TASK > 0.99).all(), regime.name  # the README: > 0.99 correct
 
 
 @pytest.mark.slow

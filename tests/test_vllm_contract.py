@@ -1,65 +1,56 @@
 """The vLLM contract: every vLLM name sharpening/llm/vllm_engine.py uses exists, with that meaning, in the pinned vLLM.
 
-vLLM runs on CUDA only, so its code never runs here. The facts the engine relies on were read once from the
-published vllm-0.33.0 wheel (its Python sources and METADATA; no vLLM code is kept in this repository) by
-bench/vllm_contract.py, and are listed in VLLM with the source file of each. The tests parse the engine's source
-(ast) and check that it uses nothing outside them, and that pyproject's gpu extra pins this vLLM with the torch and
-transformers it requires.
+vLLM runs on CUDA only, so its code never runs here. The facts the engine relies on are read from the published
+vllm-0.33.0 wheel (its Python sources and METADATA; no vLLM code is kept in this repository) by the committed
+script bench/vllm_contract.py into tests/data/vllm_contract.json, which names the wheel and its SHA-256. The tests
+parse the engine's source (ast) and check that it uses nothing outside those facts, and that pyproject's gpu extra
+pins this vLLM with the torch and transformers it requires.
 
 On a version bump:
     python -m pip download --no-deps --only-binary :all: vllm==X.Y.Z -d /tmp/vllm
     python bench/vllm_contract.py /tmp/vllm/vllm-X.Y.Z-*.whl
-compare its output with VLLM below, change the engine where a name moved, then update VLLM and the gpu extra.
+read the JSON's diff, change the engine where a name moved, then the gpu extra.
 """
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
 
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest itself depends on tomli there
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "sharpening" / "llm" / "vllm_engine.py"
-
-VLLM = {  # read from vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl by bench/vllm_contract.py
-    "version": "0.33.0",
-    # METADATA: Requires-Dist lines
-    "requires": {"torch": "==2.14.0", "transformers": "<5.21.0,>=5.16.1"},
-    # entrypoints/llm.py LLM.__init__ parameters; the rest reach engine/arg_utils.py EngineArgs through **kwargs
-    "LLM kwargs": {"model", "dtype", "seed", "gpu_memory_utilization", "max_model_len", "enable_sleep_mode",
-                   "distributed_executor_backend"},
-    # entrypoints/llm.py: the LLM methods and their parameters
-    "LLM methods": {"generate": ["prompts", "sampling_params", "use_tqdm", "lora_request", "priority",
-                                 "tokenization_kwargs", "mm_processor_kwargs"],
-                    "sleep": ["level", "mode"], "wake_up": ["tags"], "apply_model": ["func"],
-                    "reset_prefix_cache": ["reset_running_requests", "reset_connector"]},
-    # LLM.wake_up's docstring: 'Values must be in ("weights", "kv_cache", "scheduling")'; v1/engine/core.py resumes
-    # scheduling only once every tag is awake again
-    "wake_up tags": {"weights", "kv_cache", "scheduling"},
-    # sampling_params.py SamplingParams fields (those the engine could set; the private ones left out)
-    "SamplingParams": {"n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p",
-                       "top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos", "max_tokens", "min_tokens",
-                       "logprobs", "prompt_logprobs", "detokenize", "skip_special_tokens", "flat_logprobs"},
-    # outputs.py RequestOutput(outputs=...) and CompletionOutput fields; logprobs.py Logprob fields. A sample's
-    # `logprobs` is list[dict[token id, Logprob]] or FlatLogprobs, both indexed [position][token id]; with
-    # SamplingParams(logprobs=0) each position holds the sampled token alone
-    "output attributes": {"outputs", "index", "text", "token_ids", "cumulative_logprob", "logprobs", "finish_reason",
-                          "stop_reason", "logprob", "rank", "decoded_token"},
-    # config/parallel.py DistributedExecutorBackend
-    "executor backends": {"ray", "mp", "uni", "external_launcher"},
-    # config/model.py: logprobs_mode = "raw_logprobs" (before temperature / top-p: what HFEngine's lp_old_tok holds)
-    "logprobs_mode default": "raw_logprobs",
-    # v1/engine/__init__.py FINISH_REASON_STRINGS; v1/core/sched/utils.py check_stop ends a request with "length"
-    # when request.num_tokens >= max_model_len or its max_tokens are out (max_total_tokens relies on the first)
-    "finish reasons": {"stop", "length", "abort", "error", "repetition"},
-    # model_executor/models/{llama,qwen2,qwen3}.py: load_weights(weights) of LlamaForCausalLM, Qwen2ForCausalLM,
-    # Qwen3ForCausalLM (HF names in); hf_to_vllm_mapper.orig_to_new_stacked of LlamaModel and Qwen2Model
-    # (Qwen3Model subclasses Qwen2Model)
-    "load_weights params": ["weights"],
-    "stacked": {".q_proj": (".qkv_proj", "q"), ".k_proj": (".qkv_proj", "k"), ".v_proj": (".qkv_proj", "v"),
-                ".gate_proj": (".gate_up_proj", 0), ".up_proj": (".gate_up_proj", 1)},
+FACTS = json.loads((ROOT / "tests" / "data" / "vllm_contract.json").read_text())
+VLLM = {
+    "version": FACTS["version"],
+    "requires": FACTS["requires"],
+    "LLM kwargs": set(FACTS["LLM kwargs"]),
+    "LLM methods": FACTS["LLM methods"],
+    "wake_up tags": set(FACTS["wake_up tags"]),
+    "SamplingParams": {f for f in FACTS["SamplingParams"] if not f.startswith("_")},
+    "output attributes": {"outputs"} & set(FACTS["RequestOutput.__init__"]) | set(FACTS["CompletionOutput"])
+                         | set(FACTS["Logprob"]),
+    "executor backends": set(FACTS["executor backends"]),
+    "finish reasons": set(FACTS["finish reasons"]),
+    "load_weights params": FACTS["load_weights"]["llama.LlamaForCausalLM"],
+    "stacked": {k: tuple(v) for k, v in FACTS["stacked"]["LlamaModel"].items()},
 }
+
+
+def test_the_facts_come_from_the_pinned_wheel():
+    assert FACTS["generated by"] == "bench/vllm_contract.py"
+    assert FACTS["from"].startswith(f"vllm-{FACTS['version']}-") and len(FACTS["sha256"]) == 64
+    assert FACTS["version"] == "0.33.0"
+    # the three model families load through one loader with one fusion (Qwen3Model inherits Qwen2Model's)
+    assert set(map(tuple, FACTS["load_weights"].values())) == {("weights",)}
+    assert FACTS["stacked"]["Qwen2Model"] == FACTS["stacked"]["LlamaModel"]
+    assert FACTS["stacked"]["Qwen3Model"] == {"inherits": ["Qwen2Model"]}
+    assert FACTS["logprobs_mode default"] == "raw_logprobs" and FACTS["stops at max_model_len"]
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +64,9 @@ def calls(tree, name: str) -> list[ast.Call]:
             and (getattr(n.func, "attr", None) == name or getattr(n.func, "id", None) == name)]
 
 
-def function(tree, cls: str, name: str) -> ast.FunctionDef:
-    c = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls)
+def function(tree, cls: str | None, name: str) -> ast.FunctionDef:
+    """A method of class `cls`, or a module-level function when cls is None."""
+    c = tree if cls is None else next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls)
     return next(n for n in c.body if isinstance(n, ast.FunctionDef) and n.name == name)
 
 
@@ -96,6 +88,21 @@ def test_llm_methods_and_their_arguments_exist(engine_tree):
         assert len(c.args) <= len(params) and {k.arg for k in c.keywords} <= set(params), c.func.attr
 
 
+def test_sleep_level_2_and_the_launcher_variables(engine_tree):
+    """Level 2 discards the weights (LLM.sleep's docstring) while vLLM keeps the buffers (gpu_worker.py), so a
+    weight sync restores the whole model; the launcher variables are the ones external_launcher reads."""
+    from sharpening.llm import vllm_engine
+
+    init = function(engine_tree, "VLLMEngine", "__init__")
+    default = dict(zip([a.arg for a in init.args.kwonlyargs], init.args.kw_defaults))["sleep_level"]
+    assert ast.literal_eval(default) == 2 and 2 in FACTS["sleep levels"]
+    assert FACTS["sleep level 2 discards weights"] and FACTS["level 2 keeps buffers"]
+    launcher = function(engine_tree, None, "launcher_env")
+    set_here = {c.value for c in ast.walk(launcher) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+    assert set(FACTS["launcher env"]) <= set_here  # every variable vLLM reads is set (or kept) by launcher_env
+    assert "29511" not in ENGINE.read_text() and callable(vllm_engine.free_port)  # no fixed port left
+
+
 def test_sleep_tags_and_levels(engine_tree):
     tags = {ast.literal_eval(c.args[0]) for c in calls(engine_tree, "_wake")}
     assert tags == {"weights", "kv_cache"} and tags <= VLLM["wake_up tags"]
@@ -109,6 +116,8 @@ def test_sampling_params_and_outputs(engine_tree):
     kwargs = {k.arg: k.value for k in params.keywords}
     assert set(kwargs) <= VLLM["SamplingParams"]
     assert ast.literal_eval(kwargs["logprobs"]) == 0  # the sampled token's log-prob only
+    # vLLM detokenizes by default; the texts are decoded once, by rollout_from_samples
+    assert FACTS["SamplingParams.detokenize default"] is True and ast.literal_eval(kwargs["detokenize"]) is False
     generate = function(engine_tree, "_VLLMBackend", "generate")
     read = {n.attr for n in ast.walk(generate) if isinstance(n, ast.Attribute)
             and not (isinstance(n.value, ast.Name) and n.value.id == "self")

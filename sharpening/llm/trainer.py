@@ -225,6 +225,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
+        self.engine_ready()
         with self.compute():
             roll = self.engine.generate([self.prompts[i] for i in idx], n=G, max_new_tokens=cfg.max_new_tokens,
                                         temperature=cfg.temperature, top_p=cfg.top_p, ignore_eos=cfg.ignore_eos,
@@ -313,6 +314,12 @@ class Trainer:
                 self.engine.sync_weights(self.policy)
         self.bad_steps = self.bad_steps + 1 if skipped else 0
 
+    def engine_ready(self) -> None:
+        """Reload the policy's weights into a colocated engine whose sleep discarded them (vLLM's level 2), e.g.
+        after an evaluation or a skipped step; every rank calls this at the same point (FSDP gathers)."""
+        if getattr(self.engine, "needs_sync", False):
+            self.engine.sync_weights(self.policy)
+
     def engine_sleep(self) -> None:
         """Let a colocated engine free the GPU for training (vLLM's sleep mode; the hf engine has none)."""
         if hasattr(self.engine, "sleep"):
@@ -331,6 +338,7 @@ class Trainer:
         # the hf engine on several ranks decodes in lockstep: every rank then runs every call (same forward passes)
         split = None if isinstance(self.engine, HFEngine) and self.ranks.world_size > 1 else self.ranks
         out = self.run_dir / "eval" / f"step_{step:06d}.json" if main else None
+        self.engine_ready()
         with self.compute():
             res = evaluate(self.engine, self.eval_sets, n=cfg.eval_n, ks=eval_ks(cfg.eval_n),
                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,

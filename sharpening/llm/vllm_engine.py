@@ -5,14 +5,19 @@ Each data-parallel rank owns one vLLM engine on its own GPU (tensor parallel 1, 
 training. One step:
 
     engine.generate(...)        wake the KV cache, sample, return the engine's per-token log-probs
-    engine.sleep()              level 1: weights to CPU RAM, KV cache freed, so that training has the GPU
+    engine.sleep()              level 2: weights and KV cache discarded, so that training has the GPU
     ... train: pg_loss(logp_tok, A, mask, logp_engine=roll.lp_old_tok, is_cap) ...
     optimizer.step()            the tracked optimizer bumps policy_version
     engine.sync_weights(model)  wake the weights only, load the new ones, engine_version = policy_version
 
+Level 2 (as TRL's colocate mode sleeps) discards the weights instead of copying 2P bytes to pinned CPU RAM and
+back over PCIe at every step: the sync overwrites them anyway. So after a sleep the engine holds no weights until
+the next `sync_weights` (`needs_sync`); `generate` refuses to sample before it, and the trainer syncs when an
+evaluation's sleep or a skipped step left the engine without weights.
+
 The caller decides when the engine sleeps: an evaluation calls `generate` many times with the engine awake
-throughout and sleeps it once at the end (waking copies the weights back over PCIe). `generate` refuses to
-sample from stale weights: a missed sync is an error, not a silent off-policy run.
+throughout and sleeps it once at the end. `generate` refuses to sample from stale or discarded weights: a missed
+sync is an error, not a silent off-policy run.
 
 lp_old_tok of a vLLM rollout holds the ENGINE's log-probs of the sampled tokens (raw logits, before
 temperature / top-p, as HFEngine defines lp_old_tok). They differ from the trainer's (bf16 kernels,
@@ -29,6 +34,7 @@ sync is complete. `import vllm` happens only when an engine is built.
 from __future__ import annotations
 
 import os
+import socket
 
 import torch
 
@@ -170,18 +176,21 @@ class VLLMEngine:
     is_correction = True  # lp_old_tok comes from another engine: pass it to pg_loss as logp_engine
 
     def __init__(self, model_path: str, tokenizer, *, gpu_memory_utilization: float = 0.3,
-                 max_model_len: int | None = None, dtype: str = "bfloat16", sleep_level: int = 1,
+                 max_model_len: int | None = None, dtype: str = "bfloat16", sleep_level: int = 2,
                  seed: int = 0, backend=None):
         """model_path: the policy's initial weights, a local HF folder or a model in the HF cache (no download).
-        sleep_level: 0 keeps the engine resident, 1 parks its weights in CPU RAM during training.
+        sleep_level: 0 keeps the engine resident, 1 parks its weights in CPU RAM during training, 2 discards them
+        (the next sync_weights reloads them).
         backend: what runs the samples (default: vLLM in this process); tests pass a stand-in."""
-        if sleep_level not in (0, 1):
-            raise ValueError(f"sleep_level={sleep_level!r} must be 0 (stay resident) or 1 (weights to CPU RAM)")
+        if sleep_level not in (0, 1, 2):
+            raise ValueError(f"sleep_level={sleep_level!r} must be 0 (stay resident), 1 (weights to CPU RAM) or 2 "
+                             "(weights discarded, reloaded by the next sync)")
         self.tokenizer, self.sleep_level = tokenizer, sleep_level
         self.backend = backend or _VLLMBackend(model_path, gpu_memory_utilization, max_model_len, dtype,
                                                sleep_level > 0, seed)
         self.sync = WeightSync()
         self.awake = {"weights": True, "kv_cache": True}
+        self.needs_sync = False  # True after a level-2 sleep discarded the weights, until sync_weights
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def track(self, optimizer) -> None:
@@ -199,6 +208,7 @@ class VLLMEngine:
         check_complete(names)
         self.backend.reset_prefix_cache()  # cached prefixes hold the old weights' keys and values
         self.sync.synced()
+        self.needs_sync = False
         return {"tensors": len(names), "bytes": n_bytes, "version": self.sync.engine_version}
 
     @torch.no_grad()
@@ -207,6 +217,9 @@ class VLLMEngine:
         """n responses to each prompt (prompt-major) with the engine's log-probs; the engine stays awake (the
         caller calls `sleep` before training)."""
         self.sync.check_fresh()
+        if self.needs_sync:
+            raise RuntimeError("the rollout engine's weights were discarded by its level-2 sleep: call "
+                               "engine.sync_weights(model) before generating")
         self.wake_up()  # vLLM schedules again only once weights and KV cache are both back
         enc = self.tokenizer(list(prompts), add_special_tokens=False)
         samples = self.backend.generate(enc["input_ids"], n=n, max_new_tokens=max_new_tokens,
@@ -215,10 +228,12 @@ class VLLMEngine:
         return rollout_from_samples(enc["input_ids"], samples, self.pad_id, self.tokenizer, device)
 
     def sleep(self) -> None:
-        """Free the GPU for training: weights to CPU RAM, KV cache dropped (no-op with sleep_level 0)."""
+        """Free the GPU for training: KV cache dropped, weights to CPU RAM (level 1) or discarded (level 2);
+        no-op with sleep_level 0."""
         if self.sleep_level and any(self.awake.values()):
             self.backend.sleep(self.sleep_level)
             self.awake = {"weights": False, "kv_cache": False}
+            self.needs_sync = self.sleep_level == 2
 
     def wake_up(self) -> None:
         self._wake("weights")
@@ -236,6 +251,24 @@ class VLLMEngine:
 # ---------------------------------------------------------------------------------------------------
 
 
+def free_port() -> int:
+    """A TCP port no process listens on now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launcher_env() -> None:
+    """The torchrun variables vLLM's external_launcher reads (v1/executor/uniproc_executor.py: RANK, LOCAL_RANK,
+    MASTER_ADDR, MASTER_PORT). Under torchrun or accelerate they are set already; a plain single-process run gets
+    rank 0 of 1 and a free port, so that two such runs on one node (a grid spread one run per GPU) do not both
+    bind one fixed port. One process keeps the port it got: its second engine joins the same process group."""
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(free_port())
+
+
 def import_vllm():
     try:
         import vllm
@@ -250,11 +283,8 @@ class _VLLMBackend:
 
     def __init__(self, model_path, gpu_memory_utilization, max_model_len, dtype, enable_sleep_mode, seed):
         vllm = import_vllm()
-        self.rank = rank = int(os.environ.setdefault("RANK", "0"))
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29511")
+        launcher_env()
+        self.rank = rank = int(os.environ["RANK"])
         self.vllm = vllm
         self.llm = vllm.LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                             max_model_len=max_model_len, enable_sleep_mode=enable_sleep_mode,
@@ -282,7 +312,8 @@ class _VLLMBackend:
         # one seed per (step seed, rank, prompt): seed + i would reuse streams across consecutive steps
         seeds = [None if seed is None else hash((seed, self.rank, i)) % 2**31 for i in range(len(prompt_ids))]
         params = [self.vllm.SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                           ignore_eos=ignore_eos, logprobs=0, seed=s) for s in seeds]
+                                           ignore_eos=ignore_eos, logprobs=0, seed=s, detokenize=False)
+                  for s in seeds]  # detokenize=False: the texts are decoded once, by rollout_from_samples
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
         return [[(list(c.token_ids), [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)],
                   c.finish_reason == "length")
