@@ -5,8 +5,9 @@ import re
 
 import pytest
 
-from sharpening.llm.data import (BENCHMARKS, PAPER_TEMPLATE, Problem, data_dir, format_prompt, load_problems,
-                                 synthetic_problems)
+from sharpening.llm.data import (BENCHMARKS, PAPER_TEMPLATE, TEMPLATES, TURN, Problem, data_dir, format_prompt,
+                                 load_problems, synthetic_problems)
+from sharpening.llm.grading import grade
 
 
 def test_bundled_benchmarks_load_with_their_row_counts():
@@ -78,14 +79,14 @@ def test_bad_sources_say_what_is_allowed(tmp_path):
 # --- synthetic arithmetic ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("task, digits", [("add", 1), ("sub", 2), ("mul", 1), ("add_sub", 3), ("mul", 4), ("add3", 1),
-                                          ("add3", 2)])
+                                          ("add3", 2), ("add4", 1), ("add4", 2)])
 def test_synthetic_answers_are_exact(task, digits):
     problems = synthetic_problems(50, task=task, digits=digits, seed=7)
     for p in problems:
         operands = [int(x) for x in re.findall(r"\d+", p.problem)]
         ops = re.findall(r" ([+\-*]) ", p.problem)
         assert p.problem.startswith("What is ") and p.problem.endswith("?")
-        assert len(operands) == (3 if task in ("add_sub", "add3") else 2)
+        assert len(operands) == {"add_sub": 3, "add3": 3, "add4": 4}.get(task, 2)
         lo = 0 if digits == 1 else 10 ** (digits - 1)
         assert all(lo <= x < 10**digits for x in operands)
         value = operands[0]
@@ -156,3 +157,75 @@ def test_synthetic_train_and_test_splits_never_share_a_question():
 def test_synthetic_split_is_checked():
     with pytest.raises(ValueError, match="split='validation'"):
         synthetic_problems(3, split="validation")
+
+
+def test_add3_splits_partition_its_thousand_questions():
+    # the second task (synthetic:add3, one digit): 10 x 10 x 10 distinct questions, split by hash, never shared
+    train = {p.problem for p in synthetic_problems(6000, task="add3", seed=1, split="train")}
+    test = {p.problem for p in synthetic_problems(3000, task="add3", seed=2, split="test")}
+    everything = {f"What is {a} + {b} + {c}?" for a in range(10) for b in range(10) for c in range(10)}
+    assert train.isdisjoint(test)
+    assert train | test == everything
+    assert 250 <= len(test) <= 350  # about 30% held out
+    held_out = load_problems("synthetic:add3", limit=64)  # what `sharpening llm eval` and the grid evaluate
+    assert {p.problem for p in held_out} <= test
+
+
+def test_add4_keeps_the_three_term_tasks_problems():
+    # add4 draws its fourth operand after the others: add3's (and add's) problem k of a seed did not change
+    for add3, add4 in zip(synthetic_problems(20, task="add3", seed=5), synthetic_problems(20, task="add4", seed=5)):
+        assert add4.problem.startswith(add3.problem.removesuffix("?") + " + ")
+
+
+class Dialogue:  # a chat template that shows each turn as [role]content
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return "".join(f"[{m['role']}]{m['content']}" for m in messages) + "[assistant]"
+
+
+def test_partial_sums_template_is_a_dialogue_of_right_worked_examples():
+    text = format_prompt(Dialogue(), "What is 2 + 9 + 4?", template="partial_sums")
+    turns = re.findall(r"\[(user|assistant)\]([^[]*)", text)
+    assert [role for role, _ in turns] == ["user", "assistant"] * 4 + ["user", "assistant"]
+    assert turns[-2] == ("user", "What is 2 + 9 + 4?") and turns[-1] == ("assistant", "")
+    for (_, question), (_, answer) in zip(turns[0:8:2], turns[1:8:2]):
+        a, b, c = (int(x) for x in re.findall(r"\d+", question))
+        # the worked answer, line by line, checked by hand: a + b, then that plus c, then the boxed total
+        assert answer == f"{a} + {b} = {a + b}\n{a + b} + {c} = {a + b + c}\n\\boxed{{{a + b + c}}}"
+        assert grade(answer, str(a + b + c)) == 1.0
+    direct = re.findall(r"\[assistant\]([^[]*)", format_prompt(Dialogue(), "What is 1 + 1 + 1?", "direct_sums"))
+    assert direct[:2] == ["\\boxed{3 + 5 + 7 = 15}", "\\boxed{6 + 2 + 9 = 17}"]
+
+
+def test_a_template_with_turns_needs_an_odd_count_ending_on_the_question():
+    with pytest.raises(ValueError, match="an odd number of turns"):
+        format_prompt(Dialogue(), "What is 1 + 1?", template=f"Q{TURN}A{TURN}B{TURN}{{problem}}")
+    with pytest.raises(ValueError, match="the last one holding {problem}"):
+        format_prompt(Dialogue(), "What is 1 + 1?", template=f"{{problem}}{TURN}A{TURN}Q")
+    one_turn = "Solve:\n{problem}\n"  # no markers: the template is the user turn as written, newlines kept
+    assert format_prompt(Dialogue(), "1 + 1", template=one_turn) == "[user]Solve:\n1 + 1\n[assistant]"
+
+
+@pytest.mark.parametrize("response, gold, reward", [
+    ("2 + 9 = 11\n11 + 4 = 15\n\\boxed{15}", "15", 1.0),    # the worked answer, as the examples show it
+    ("\\boxed{2 + 9 + 4 = 11 + 4 = 15}", "15", 1.0),           # the partial sum as a chain in the box
+    ("\\boxed{2 + 9 + 4 = 15}", "15", 1.0),                     # a direct answer
+    ("2 + 9 = 11\n11 + 4 = 16\n\\boxed{16}", "15", 0.0),    # worked, wrong total
+    ("2 + 9 = 11\n11 + 4 = 15", "15", 0.0),                    # no box
+    ("\\boxed{2 + 9 + 4}", "15", 0.0),                          # the question copied
+    ("What is 2 + 9 + 4?\n\\boxed{2 + 9 + 4}", "15", 0.0),    # the question copied, twice
+    ("\\boxed{2 + 9 = 11, 11 + 4 = 15}", "15", 0.0),            # two answers in one box
+])
+def test_the_strict_grader_on_worked_sums(response, gold, reward):
+    assert grade(response, gold) == reward
+
+
+@pytest.mark.slow
+@pytest.mark.llm
+def test_partial_sums_with_smollm2_chat_template():
+    from sharpening.llm.models import load_tokenizer
+
+    text = format_prompt(load_tokenizer("smollm2"), "What is 2 + 9 + 4?", template=TEMPLATES["partial_sums"])
+    # each worked example is an assistant turn closed by <|im_end|>, as the model's own answers end
+    assert text.count("<|im_start|>assistant\n") == 5 and text.count("<|im_end|>") == 10
+    assert "<|im_start|>assistant\n3 + 5 = 8\n8 + 7 = 15\n\\boxed{15}<|im_end|>\n" in text
+    assert text.endswith("<|im_start|>user\nWhat is 2 + 9 + 4?<|im_end|>\n<|im_start|>assistant\n")

@@ -269,7 +269,7 @@ def test_eval_defaults():
     (["--ks", "0,1"], "--ks='0,1' must be"),
     (["--n", "0"], "--n=0 is out of range"),
     (["--top-p", "1.5"], "--top-p=1.5 is out of range"),
-    (["--template", "no placeholder"], r"--template='no placeholder' is not one of \['paper', 'paper_tex', 'plain', 'worked_sum'\]"),
+    (["--template", "no placeholder"], r"--template='no placeholder' is not one of \['direct_sums', 'paper', 'paper_tex', 'partial_sums', 'plain', 'worked_sum'\]"),
     (["--datasets", "nope"], "unknown problem source 'nope'"),
 ])
 def test_eval_rejects_bad_flags_before_loading_a_model(argv, message):

@@ -52,7 +52,7 @@ def test_regime_forms(spec, expected):
     (["regime.gamma=1"], "unknown regime parameter 'gamma'; valid: ['preset', 'mode', 'alpha'"),
     (["regime=greedy"], "unknown regime preset 'greedy'; choose one of"),
     (["regime.preset=tempered", "regime.alpha=-1"], "Regime.alpha=-1 must be a finite real number >= 0"),
-    (["template=no placeholder"], "must be one of ['paper', 'paper_tex', 'plain', 'worked_sum'] or a string"),
+    (["template=no placeholder"], "must be one of ['direct_sums', 'paper', 'paper_tex', 'partial_sums', 'plain', 'worked_sum'] or a string"),
     (["eval_datasets=[synthetic:add]", "eval_seed=42"], "eval_seed=42 equals seed"),
     (["lr"], "must look like key=value"),
 ])
@@ -163,3 +163,11 @@ def test_clipping_at_inf_leaves_the_gradient_unchanged():
     norm = Ranks().clip_grad_norm(model, float("inf"))
     assert norm == pytest.approx(float(torch.sqrt(sum((g**2).sum() for g in before))))
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before))
+
+
+def test_the_second_tasks_base_config_differs_from_grid_v2s_in_the_task_only():
+    grid, task2 = (load_config(CONFIGS / "cpu" / p) for p in ("evidence/base.yaml", "grid2/base_task2.yaml"))
+    changed = {k for k, v in task2.to_dict().items() if grid.to_dict()[k] != v}
+    assert changed == {"out_dir", "dataset", "template", "prefill", "eval_datasets"}
+    assert (task2.dataset, task2.template, task2.prefill) == ("synthetic:add3", "partial_sums", "")
+    assert (task2.eval_datasets, task2.eval_limit, task2.eval_n) == (["synthetic:add3"], 128, 8)

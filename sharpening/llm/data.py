@@ -31,13 +31,32 @@ PAPER_TEX_TEMPLATE = PAPER_TEMPLATE.replace("\\\\boxed", "\\boxed")
 # "plain" gets ~0.02 (measured; docs/llm_evidence.md). A correct answer this way takes 12 tokens or more.
 WORKED_SUM_TEMPLATE = ("What is 12 + 35?\n\\boxed{12 + 35 = 47}\n\nWhat is 26 + 51?\n\\boxed{26 + 51 = 77}\n\n"
                        "{problem}")
+# Splits a template into the turns of a few-shot dialogue (format_prompt); newlines around it are dropped.
+TURN = "<turn>"
+
+
+def few_shot_dialogue(examples, answer) -> str:
+    """A template of TURN-separated turns: "What is a + b + c?", answer(a, b, c) for each example, then {problem}."""
+    turns = [t for a, b, c in examples for t in (f"What is {a} + {b} + {c}?", answer(a, b, c))]
+    return f"\n{TURN}\n".join(turns + ["{problem}"])
+
+
+# The second CPU task (synthetic:add3, a + b + c of one digit; docs/llm_evidence.md, "A task where length
+# matters"): four worked examples as a dialogue, each answered by its partial sums, one a line, then the boxed
+# total. SmolLM2-135M answers in kind without a prefill and ends its turn there; writing the partial sums out,
+# it scores more often than answering in one step (direct_sums: the same examples with the total only).
+SUM3_EXAMPLES = ((3, 5, 7), (6, 2, 9), (4, 8, 1), (9, 7, 5))
+PARTIAL_SUMS_TEMPLATE = few_shot_dialogue(
+    SUM3_EXAMPLES, lambda a, b, c: f"{a} + {b} = {a + b}\n{a + b} + {c} = {a + b + c}\n\\boxed{{{a + b + c}}}")
+DIRECT_SUMS_TEMPLATE = few_shot_dialogue(SUM3_EXAMPLES, lambda a, b, c: f"\\boxed{{{a} + {b} + {c} = {a + b + c}}}")
 # Named templates; any other string with a {problem} placeholder is a template of its own. "plain" (the bare
 # question) is what SmolLM2-135M can partly solve: with the paper's prompt it scores 0% on a + b (measured).
 TEMPLATES = {"paper": PAPER_TEMPLATE, "paper_tex": PAPER_TEX_TEMPLATE, "plain": "{problem}",
-             "worked_sum": WORKED_SUM_TEMPLATE}
+             "worked_sum": WORKED_SUM_TEMPLATE, "partial_sums": PARTIAL_SUMS_TEMPLATE,
+             "direct_sums": DIRECT_SUMS_TEMPLATE}
 
 BENCHMARKS = ("math500", "minerva_math", "aime24", "aime25", "hmmt25", "amc23", "gsm8k_test", "math_train")
-SYNTHETIC_TASKS = ("add", "sub", "mul", "add_sub", "add3")
+SYNTHETIC_TASKS = ("add", "sub", "mul", "add_sub", "add3", "add4")
 _SEED_STRIDE = 1_000_003  # synthetic seeds far apart so that splits drawn with different seeds rarely collide
 
 
@@ -178,13 +197,14 @@ def synthetic_problems(n: int, task: str = "add", digits: int = 1, seed: int = 0
     while len(problems) < n:
         k += 1
         rng = random.Random(seed * _SEED_STRIDE + k)
-        a, b, c = rng.randint(lo, hi), rng.randint(lo, hi), rng.randint(lo, hi)
+        a, b, c, d = rng.randint(lo, hi), rng.randint(lo, hi), rng.randint(lo, hi), rng.randint(lo, hi)
         question, answer = {
             "add": (f"{a} + {b}", a + b),
             "sub": (f"{a} - {b}", a - b),
             "mul": (f"{a} * {b}", a * b),
             "add_sub": (f"{a} + {b} - {c}", a + b - c),
             "add3": (f"{a} + {b} + {c}", a + b + c),
+            "add4": (f"{a} + {b} + {c} + {d}", a + b + c + d),
         }[task]
         if split is not None and synthetic_split(f"What is {question}?") != split:
             continue
@@ -200,12 +220,21 @@ def synthetic_problems(n: int, task: str = "add", digits: int = 1, seed: int = 0
 
 def format_prompt(tokenizer, problem: str, template: str = PAPER_TEMPLATE, prefill: str = "") -> str:
     """The text to tokenize: template (with {problem} filled in) as the user turn of the model's chat template,
-    the assistant turn opened (add_generation_prompt=True), then `prefill` (e.g. "\\\\boxed{") appended."""
+    the assistant turn opened (add_generation_prompt=True), then `prefill` (e.g. "\\\\boxed{") appended.
+
+    A template holding TURN markers is a few-shot dialogue: the parts are user, assistant, user, ... turns (the
+    last, with {problem}, a user turn), so the model sees each worked example answered by the assistant and ended
+    by its end-of-turn token."""
     template = TEMPLATES.get(template, template)
     if "{problem}" not in template:
         raise ValueError(f"template {template[:60]!r}... is not one of {sorted(TEMPLATES)} and has no "
                          "{problem} placeholder")
-    user = template.replace("{problem}", problem)  # not str.format: the template holds literal \boxed{} braces
-    text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                         add_generation_prompt=True)
+    turns = template.split(TURN)
+    turns = [t.strip("\n") for t in turns] if len(turns) > 1 else turns
+    if len(turns) % 2 == 0 or "{problem}" not in turns[-1]:
+        raise ValueError(f"template {template[:60]!r}...: its {TURN} markers must separate user, assistant, ..., "
+                         "user turns (an odd number of turns), the last one holding {problem}")
+    turns[-1] = turns[-1].replace("{problem}", problem)  # not str.format: templates hold literal \boxed{} braces
+    messages = [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return text + prefill
