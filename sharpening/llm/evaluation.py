@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -114,30 +115,44 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
     result = {**(info or {}), "n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
               "prefill": prefill, "seed": seed, "datasets": {}}
     rank, world_size = (ranks.rank, ranks.world_size) if ranks is not None else (0, 1)
-    for name, items in datasets.items():
-        starts = range(0, len(items), per_call)
-        rows, mine = [], {}  # mine: this rank's rows, by the start of their call
-        bar = tqdm(total=len(items), desc=f"eval {name}", unit="problem", disable=rank != 0)
-        for start in starts[rank::world_size]:
-            chunk = items[start:start + per_call]
-            prompts = [format_prompt(tokenizer, p.problem, template, prefill) for p in chunk]
-            call_seed = None if seed is None else seed + start
-            roll = engine.generate(prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_p=top_p, ignore_eos=False, seed=call_seed)
-            texts = [prefill + t for t in roll.texts]  # [len(chunk) * n], prompt-major
-            lengths = _lengths(roll, texts, tokenizer)
-            costs = _costs(roll, lengths)
-            mine[start] = [{**score_problem(p, texts[i * n:(i + 1) * n], lengths[i * n:(i + 1) * n], ks, subsets,
-                                            seed), **{k: _mean(v[i * n:(i + 1) * n]) for k, v in costs.items()}}
-                           for i, p in enumerate(chunk)]
-            rows += mine[start]
-            bar.update(len(chunk) * world_size)  # the other ranks work on as many
-            bar.set_postfix({"pass@1": f"{np.mean([r['pass@k']['1'] for r in rows]):.3f}"})
-        bar.close()
-        if world_size > 1:
-            every = {k: v for part in ranks.all_gather(mine) for k, v in part.items()}
-            rows = [row for start in starts for row in every[start]]
-        result["datasets"][name] = summarize(rows, ks)
+
+    def score_call(chunk, roll):  # one engine call's problems -> their rows
+        texts = [prefill + t for t in roll.texts]  # [len(chunk) * n], prompt-major
+        lengths = _lengths(roll, texts, tokenizer)
+        costs = _costs(roll, lengths)
+        return [{**score_problem(p, texts[i * n:(i + 1) * n], lengths[i * n:(i + 1) * n], ks, subsets, seed),
+                 **{k: _mean(v[i * n:(i + 1) * n]) for k, v in costs.items()}} for i, p in enumerate(chunk)]
+
+    # grading overlaps sampling: a call's answers are graded in a thread (the guarded grader then runs them in its
+    # helper process, on the other core) while the engine samples the next call's
+    with ThreadPoolExecutor(1, thread_name_prefix="grade") as grader:
+        for name, items in datasets.items():
+            starts = range(0, len(items), per_call)
+            rows, mine, pending = [], {}, []  # mine: this rank's rows, by the start of their call
+            bar = tqdm(total=len(items), desc=f"eval {name}", unit="problem", disable=rank != 0)
+
+            def collect(start, graded):
+                mine[start] = graded.result()
+                rows.extend(mine[start])
+                bar.update(len(mine[start]) * world_size)  # the other ranks work on as many
+                bar.set_postfix({"pass@1": f"{np.mean([r['pass@k']['1'] for r in rows]):.3f}"})
+
+            for start in starts[rank::world_size]:
+                chunk = items[start:start + per_call]
+                prompts = [format_prompt(tokenizer, p.problem, template, prefill) for p in chunk]
+                call_seed = None if seed is None else seed + start
+                roll = engine.generate(prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                                       top_p=top_p, ignore_eos=False, seed=call_seed)
+                pending.append((start, grader.submit(score_call, chunk, roll)))
+                while len(pending) > 1:  # at most one call waits for its grades
+                    collect(*pending.pop(0))
+            for call in pending:
+                collect(*call)
+            bar.close()
+            if world_size > 1:
+                every = {k: v for part in ranks.all_gather(mine) for k, v in part.items()}
+                rows = [row for start in starts for row in every[start]]
+            result["datasets"][name] = summarize(rows, ks)
     if out is not None and rank == 0:
         write_atomic(out, json.dumps(result, indent=1))
     return result
