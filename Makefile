@@ -1,6 +1,6 @@
 PY ?= python
 
-.PHONY: setup test test-fast figures bench demo cpu-grid
+.PHONY: setup test test-fast figures bench demo cpu-grid evidence-grid
 
 setup:  ## install the CPU torch first (an unpinned torch pulls CUDA), then the package with every CPU extra
 	$(PY) -m pip install torch==2.13.0
@@ -29,3 +29,17 @@ GRID_RUNNERS ?= 2
 
 cpu-grid:  ## every regime on SmolLM2-135M (configs/cpu/grid/grid.yaml) -> results/cpu; resumable: re-run to continue
 	for i in $$(seq $(GRID_RUNNERS)); do OMP_NUM_THREADS=1 nice -n 10 $(PY) bench/cpu_grid.py & done; wait
+
+# The pre-registered evidence grid (docs/preregistration.md), run from a git worktree pinned at one commit so that
+# later edits never touch a running experiment: the commit the grid began at (results/.../grid_summary.json),
+# else HEAD. Code runs from the worktree; results land in this checkout's results/evidence/task_a.
+EVIDENCE ?= results/evidence/task_a
+GRID_COMMIT ?= $(shell $(PY) -c "import json,sys; print(json.load(open('$(EVIDENCE)/grid_summary.json'))['commit'].removesuffix('-dirty'))" 2>/dev/null || git rev-parse HEAD)
+GRID_TREE ?= ../sharpening-grid-$(shell echo $(GRID_COMMIT) | cut -c1-10)
+
+evidence-grid:  ## the pre-registered grid v2 (configs/cpu/evidence/grid.yaml) -> results/evidence/task_a; resumable
+	test -d $(GRID_TREE) || git worktree add --detach $(GRID_TREE) $(GRID_COMMIT)
+	for i in $$(seq $(GRID_RUNNERS)); do (cd $(GRID_TREE) && OMP_NUM_THREADS=1 nice -n 10 $(PY) bench/cpu_grid.py \
+		--grid configs/cpu/evidence/grid.yaml --results $(CURDIR)/$(EVIDENCE) && \
+		OMP_NUM_THREADS=1 nice -n 10 $(PY) bench/cpu_grid.py --grid configs/cpu/evidence/claim8.yaml \
+		--results $(CURDIR)/results/evidence/claim8) & done; wait

@@ -140,6 +140,8 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="print the runs and their state, run nothing")
     parser.add_argument("--steps", type=int, default=None, help="override every run's steps (smoke runs)")
     parser.add_argument("--eval-limit", type=int, default=None, help="override the held-out problem count")
+    parser.add_argument("--new-commit", action="store_true",
+                        help="continue a grid begun at another code commit (its runs then record two commits)")
     args = parser.parse_args(argv)
 
     base, runs, temperatures = load_grid(args.grid)
@@ -159,6 +161,12 @@ def main(argv=None) -> int:
 
     summary_path = results / "grid_summary.json"
     py, start = [sys.executable], time.time()
+    code = code_commit()
+    begun = json.loads(summary_path.read_text()).get("commit") if summary_path.exists() else None
+    if begun is not None and begun != code and not args.new_commit:
+        raise SystemExit(f"cpu_grid: {results} was begun at commit {begun}, this checkout is at {code}; run the grid "
+                         f"from a worktree at {begun.removesuffix('-dirty')} (git worktree add ../grid {begun[:12]}), "
+                         "or pass --new-commit to mix commits knowingly")
 
     def record(name, seconds, status):
         while True:  # read, update, write under the lock: another runner may have recorded in between
@@ -168,6 +176,8 @@ def main(argv=None) -> int:
                     summary["runs"].setdefault(name, {"seconds": 0.0})
                     summary["runs"][name]["seconds"] += seconds  # a resumed run adds up its sessions
                     summary["runs"][name]["status"] = status
+                    summary.setdefault("commit", code)  # the commit the grid began at (one commit per grid)
+                    summary["runs"][name]["commit"] = code
                     summary["last_session"] = {"seconds": round(time.time() - start, 1),
                                                "ended": time.strftime("%Y-%m-%d %H:%M")}
                     write_atomic(summary_path, json.dumps(summary, indent=1, sort_keys=True))
@@ -231,6 +241,15 @@ def main(argv=None) -> int:
         evaluate_base(t)
     print(f"grid session: {(time.time() - start) / 60:.1f} min; summary: {summary_path}")
     return 0
+
+
+def code_commit() -> str:
+    """The checkout's commit, with -dirty when tracked files differ from it: every result records the code it ran."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    sha = git("rev-parse", "HEAD") or "unknown"
+    return sha + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def _relative(path: Path) -> str:

@@ -4,7 +4,8 @@
 
 For each of --prompts training prompts (the config's dataset, template, prefill and seed), --group-size responses
 of pi_ref, sampled twice:
-  fixed length (EOS ignored, --max-length tokens): the per-token log-probs. The fixed-length-L variant's response
+  fixed length (EOS ignored, --max-length tokens): the per-token log-probs, and how many tokens close the answer
+      box (the answer's tokens; the rest come after the answer). The fixed-length-L variant's response
       is the first L tokens of such a sample (sampling ignores EOS, so a prefix of a longer draw is a draw of
       length L), hence one draw gives the sharpening reward lp_ref at every L <= --max-length;
   normal (stops at EOS, the config's max_new_tokens): lp_ref, the length T and the task reward r of each.
@@ -57,11 +58,13 @@ def main(argv=None) -> int:
     normal = engine.generate(prompts, n=G, max_new_tokens=cfg.max_new_tokens, seed=args.seed + 1)
     r = task_rewards(normal.texts, [p.answer for p in problems], G, cfg.prefill)
     lp_ref_normal = normal.lp_old_tok.sum(-1)  # [B]: lp_old = lp_ref at step 0
+    answer_end = [_answer_end(tokenizer, fixed.tokens[j].tolist()) for j in range(len(fixed))]
     rows = []
     for i, p in enumerate(problems):
         group = range(i * G, (i + 1) * G)
         rows.append({"id": p.id, "answer": p.answer,
                      "fixed_length_lp_ref_tok": [[round(float(x), 5) for x in fixed.lp_old_tok[j]] for j in group],
+                     "fixed_length_answer_end": [answer_end[j] for j in group],
                      "lp_ref": [round(float(lp_ref_normal[j]), 5) for j in group],
                      "length": [int(normal.lengths[j]) for j in group],
                      "r": [float(r[j]) for j in group],
@@ -76,6 +79,15 @@ def main(argv=None) -> int:
     write_atomic(out, json.dumps(result))
     print(f"wrote {out} ({len(rows)} prompts x {G} responses, {result['seconds']:.0f} s)")
     return 0
+
+
+def _answer_end(tokenizer, tokens: list[int]) -> int:
+    """How many of a response's tokens it takes to close the prefilled answer box (its first "}"): the answer's
+    tokens are those, the rest come after the answer. len(tokens) when the box never closes."""
+    for t in range(1, len(tokens) + 1):
+        if "}" in tokenizer.decode(tokens[:t], skip_special_tokens=True):
+            return t
+    return len(tokens)
 
 
 if __name__ == "__main__":

@@ -142,3 +142,24 @@ def test_truncate_metrics_keeps_steps_up_to_checkpoint(tmp_path):
     path.write_text("".join(json.dumps({"step": s, "x": s * 1.5}) + "\n" for s in (1, 2, 3, 4)))
     assert truncate_metrics(path, 2) == 2
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+def test_clipping_off_is_inf_and_zero_is_refused():
+    # max_grad_norm=0 would scale every gradient to 0: weights never move while the norms look normal
+    assert load_config(None, ["max_grad_norm=.inf"]).max_grad_norm == float("inf")
+    for bad in ("0", "-1", ".nan"):
+        with pytest.raises(ValueError, match="max_grad_norm"):
+            load_config(None, [f"max_grad_norm={bad}"])
+
+
+def test_clipping_at_inf_leaves_the_gradient_unchanged():
+    import torch
+
+    from sharpening.llm.distributed import Ranks
+
+    model = torch.nn.Linear(3, 2)
+    model(torch.ones(1, 3)).sum().mul(1e3).backward()
+    before = [p.grad.clone() for p in model.parameters()]
+    norm = Ranks().clip_grad_norm(model, float("inf"))
+    assert norm == pytest.approx(float(torch.sqrt(sum((g**2).sum() for g in before))))
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before))

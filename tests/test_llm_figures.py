@@ -227,20 +227,47 @@ def test_training_curves_plot_the_median_and_range_over_seeds_of_the_committed_r
             assert path[:, 1].min() == pytest.approx(min(lo)) and path[:, 1].max() == pytest.approx(max(hi))
 
 
-def test_mode_split_scores_each_run_on_the_problems_where_the_cold_base_model_is_wrong(tmp_path):
-    # The cold base model (T = 0.25) is right on a and b (>= 2 of 4 correct), wrong on c and d.
+def write_modes(root, wrong, right, dataset="d"):
+    """A frozen mode file (experiments/freeze_mode.py's format, the fields the split reads)."""
+    (root / "modes").mkdir(parents=True)
+    questions = [{"id": i, "mode_correct": 0} for i in wrong] + [{"id": i, "mode_correct": 1} for i in right]
+    (root / "modes" / f"{dataset}.json").write_text(json.dumps({"dataset": dataset, "questions": questions}))
+
+
+def test_mode_split_reads_the_frozen_mode_file_not_the_results(tmp_path):
+    # The frozen file says the mode is wrong on c and d, right on a and b. A cold base evaluation that would say
+    # otherwise (the pilot's post hoc stand-in) does not move the split.
+    write_modes(tmp_path, wrong=["c", "d"], right=["a", "b"])
     write_base(tmp_path / "base", 1.0, {"a": 2, "b": 1, "c": 1, "d": 0})
-    write_base(tmp_path / "base_t0.25", 0.25, {"a": 4, "b": 2, "c": 1, "d": 0})
-    write_base(tmp_path / "base_t0.5", 0.5, {"a": 0, "b": 0, "c": 4, "d": 4})  # not the coldest: ignored
+    write_base(tmp_path / "base_t0.25", 0.25, {"a": 0, "b": 0, "c": 4, "d": 4})
     for seed, problems in [(1, {"a": 4, "b": 4, "c": 0, "d": 1}), (2, {"a": 2, "b": 4, "c": 2, "d": 3})]:
         write_run(tmp_path / f"s{seed}", "sharpening", [{"reward/shaped_mean": -5}], seed=seed, eval_pass=0.5,
                   problems=problems)
     text = results_markdown(load_results(tmp_path))
-    assert "| condition | seeds | pass@1 where the mode is wrong (2 problems) | pass@1 where the mode is right (2 problems) |" in text
-    assert "| base model π_ref | – | 0.125 | 0.375 |" in text  # wrong: (1 + 0) / 8; right: (2 + 1) / 8
-    assert "| π_ref, token temperature 0.25 (defines the split) | – | 0.125 | 0.750 |" in text
-    # seed 1: wrong (0 + 1) / 8 = 0.125, right 1.0; seed 2: wrong 5 / 8 = 0.625, right 6 / 8 = 0.75
-    assert "| sharpening | 2 | 0.375 (0.125–0.625) | 0.875 (0.750–1.000) |" in text
+    assert "| condition | seeds | pass@1 where the mode is wrong (2 questions) | pass@1 where the mode is right (2 questions) |" in text
+    assert "| base model π_ref | – | 0.125 [" in text  # wrong: (1 + 0) / 8
+    assert "| π_ref, token temperature 0.25 | – | 1.000 [1.000, 1.000] | 0.000 [0.000, 0.000] |" in text
+    # seed 1: wrong (0 + 1) / 8 = 0.125, right 1.0; seed 2: wrong 5 / 8 = 0.625, right 6 / 8 = 0.75: means 0.375, 0.875
+    row = next(line for line in text.splitlines() if line.startswith("| sharpening | 2 | 0.375 ["))
+    lo, hi = (float(x) for x in row.split("|")[3].split("[")[1].rstrip("] ").split(","))
+    assert 0.0 <= lo < 0.375 < hi <= 0.75  # a CI around the mean, inside what resampling seeds x questions can give
+
+
+def test_a_table_never_mixes_experiments(tmp_path):
+    # A base evaluation of another task (or budget) is not the base row of this task's table.
+    write_base(tmp_path / "base", 1.0, {"a": 2, "b": 1})
+    write_run(tmp_path / "s1", "sharpening", [{"reward/shaped_mean": -5}], eval_pass=0.5, problems={"a": 4, "b": 0})
+    other = tmp_path / "other"
+    write_base(other, 0.25, {"x": 4})
+    data = json.loads((other / "eval.json").read_text())
+    data["datasets"] = {"synthetic:add": data["datasets"]["d"]}
+    (other / "eval.json").write_text(json.dumps(data))
+    text = results_markdown(load_results(tmp_path))
+    sections = text.split("\n## ")[1:]
+    assert len(sections) == 2
+    mine = next(s for s in sections if s.startswith("smollm2 · d "))
+    assert "token temperature 0.25" not in mine and "| base model π_ref | – | 0.375 [" in mine
+    assert "| sharpening | 1 |" not in next(s for s in sections if s.startswith("smollm2 · synthetic:add "))
 
 
 @needs_results
@@ -249,7 +276,7 @@ def test_results_markdown_holds_the_mean_over_seeds_of_every_evaluated_condition
     text = results_markdown(load_results(RESULTS))
     base = json.loads((RESULTS / "base" / "eval.json").read_text())
     scores = next(iter(base["datasets"].values()))
-    assert f"| base model π_ref | – | {scores['pass@k']['1']:.3f} | {scores['pass@k']['16']:.3f} |" in text
+    assert f"| base model π_ref | – | {scores['pass@k']['1']:.3f} [" in text
     lr = main_lr(folders)
     groups = {}
     for cfg, _, ev in folders.values():
@@ -259,8 +286,8 @@ def test_results_markdown_holds_the_mean_over_seeds_of_every_evaluated_condition
     rows = [line for line in table.splitlines() if line.startswith("| ") and "seeds" not in line]
     assert len(rows) == len(groups) + 1 + len(list(RESULTS.glob("base_temperature*")))
     for values in groups.values():
-        cell = f"{statistics.fmean(values):.3f}" + ("" if len(values) == 1 else f" ({min(values):.3f}–{max(values):.3f})")
-        assert any(f"| {len(values)} | {cell} |" in row for row in rows)
+        # every seed holds the same questions: the grand mean over seeds x questions is the mean of the seeds' pass@1
+        assert any(f"| {len(values)} | {statistics.fmean(values):.3f} [" in row for row in rows)
 
 
 @needs_results
@@ -278,3 +305,49 @@ def test_make_figures_draws_theory_toy_and_llm_figures_from_the_committed_result
     assert "| base model π_ref |" in table
     index = (tmp_path / "README.md").read_text()
     assert "![llm_pass_at_k](llm_pass_at_k.png)" in index and "Claims 4, 6 of the README's claims table" in index
+
+
+def test_step0_variance_splits_into_answer_and_after_answer_tokens():
+    # Two prompts x 3 responses of 4 tokens; the box closes after 2, 1, 3 tokens (prompt 1) and 4, 4, 4 (prompt 2).
+    tok1 = [[-1.0, -2.0, -3.0, -4.0], [-0.5, -0.5, -1.0, -1.0], [-2.0, -1.0, -1.0, -0.5]]
+    tok2 = [[-1.0, -1.0, -1.0, -1.0], [-2.0, -2.0, -2.0, -2.0], [-3.0, -3.0, -3.0, -3.0]]
+    step0 = {"max_length": 4, "prompts": [
+        {"fixed_length_lp_ref_tok": tok1, "fixed_length_answer_end": [2, 1, 3], "r": [0, 1, 0], "length": [3, 3, 3],
+         "lp_ref": [-3.0, -1.0, -4.0]},
+        {"fixed_length_lp_ref_tok": tok2, "fixed_length_answer_end": [4, 4, 4], "r": [1, 1, 1], "length": [4, 4, 4],
+         "lp_ref": [-4.0, -8.0, -12.0]}]}
+    # prompt 1: answer sums -3, -0.5, -4 and after sums -7, -2.5, -0.5; prompt 2: answer -4, -8, -12, after 0, 0, 0
+    def var(x):
+        m = sum(x) / len(x)
+        return sum((v - m) ** 2 for v in x) / len(x)
+
+    def cov(x, y):
+        mx, my = sum(x) / len(x), sum(y) / len(y)
+        return sum((a - mx) * (b - my) for a, b in zip(x, y)) / len(x)
+
+    v = llm.step0_variances(step0)
+    assert v["answer"] == pytest.approx((var([-3, -0.5, -4]) + var([-4, -8, -12])) / 2)
+    assert v["after"] == pytest.approx((var([-7, -2.5, -0.5]) + 0.0) / 2)
+    assert v["cov"] == pytest.approx((cov([-3, -0.5, -4], [-7, -2.5, -0.5]) + 0.0) / 2)
+    assert v["answer"] + v["after"] + 2 * v["cov"] == pytest.approx(v["lp_ref"][-1])  # the parts add up
+
+
+def test_claim_1_is_scored_on_the_frozen_mode_wrong_questions_with_its_verdict(tmp_path):
+    from sharpening.figures.claims import COMPARISONS, compare
+    from sharpening.figures.llm_runs import Experiment
+
+    write_modes(tmp_path, wrong=["c", "d"], right=["a", "b"])
+    write_base(tmp_path / "base", 1.0, {"a": 2, "b": 1, "c": 1, "d": 0})
+    for seed in (1, 2):  # task reward: right everywhere; sharpening: right only where the mode is right
+        write_run(tmp_path / f"t{seed}", "task_reward", [{}], seed=seed, eval_pass=1.0,
+                  problems={"a": 4, "b": 4, "c": 4, "d": 4})
+        write_run(tmp_path / f"s{seed}", "sharpening", [{}], seed=seed, eval_pass=0.5,
+                  problems={"a": 4, "b": 4, "c": 0, "d": 0})
+    results = load_results(tmp_path)
+    claim1 = next(c for c in COMPARISONS if c.claim == "1")
+    out = compare(results, Experiment("smollm2", "d", 0), claim1)
+    # on c and d every seed scores 1.0 (task reward) vs 0.0 (sharpening): the difference is 1 in every resample
+    assert (out["estimate"].value, out["estimate"].lo, out["estimate"].hi) == (1.0, 1.0, 1.0)
+    assert out["verdict"] == "confirmed" and out["questions"] == 2
+    claim5 = next(c for c in COMPARISONS if c.claim == "5")  # no tilted or tempered runs: reported, not dropped
+    assert compare(results, Experiment("smollm2", "d", 0), claim5)["note"] == "not run"

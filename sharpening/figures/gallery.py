@@ -142,7 +142,8 @@ def _llm_results_markdown(opt: Options) -> str:
 
 FIGURES = (
     Figure("fixed_points", "Where each regime converges as α varies: mass on correct answers and expected length "
-           "at the closed-form fixed point, on a base model whose mode is right and one whose mode is wrong.",
+           "at the closed-form fixed point, on a base model whose mode is right and one whose mode is wrong. The "
+           "task reward's tilt keeps the correct answers only while α ≪ β⁻¹ (β⁻¹ = 100 loses them near α ≈ 75).",
            _fixed_points, claim="1, 2, 4, 5"),
     Figure("training_curves", "Training curves of task-reward RL, sharpening, tempered and tilted sampling on the "
            "toys: expected task reward, entropy and distance to the fixed point (median and 25-75% over seeds).",

@@ -5,7 +5,10 @@ evaluated, eval.json (`sharpening llm eval`'s format, sharpening/figures/pass_at
 is a folder with only eval.json, whose regime is null. `load_results(DIR)` reads every such folder under DIR,
 at any depth: results/cpu/<run>/ from `make cpu-grid`, a GPU run's folder dropped next to them, or a user's
 runs/ folder (checkpoints are never read). Runs are told apart by their metadata, never by folder names:
-a condition is (model, regime, fixed length or not, learning rate), and its runs are its seeds.
+an experiment is (model, held-out task, response budget, prefill): results of different experiments never
+share a table or a panel; within one, a condition is (regime, fixed length or not, learning rate), and its
+runs are its seeds. Base-model evaluations drawn by another sampler than ancestral / token temperature (MCMC
+power sampling) belong to the power-sampling figures, not to these tables.
 
 Instability of a run (`stability`), on its first WINDOW steps, in this order:
     diverged     a step was skipped for a NaN/inf loss or gradient
@@ -83,14 +86,44 @@ class Run:
         return bool(self.config.get("ignore_eos", False))
 
     @property
+    def clipped(self) -> bool:
+        """Gradient clipping on (max_grad_norm finite; .inf turns it off)."""
+        return math.isfinite(float(self.config.get("max_grad_norm", 1.0)))
+
+    @property
     def condition(self) -> "Condition":
-        return Condition(self.model, self.regime, self.fixed_length, self.lr)
+        return Condition(self.model, self.regime, self.fixed_length, self.lr, self.clipped)
+
+    @property
+    def experiment(self) -> "Experiment":
+        datasets = (self.config.get("eval_datasets") or (list(self.eval.curves) if self.eval is not None else [])
+                    or [self.config.get("dataset", "?")])
+        return Experiment(self.model, str(datasets[0]), int(self.config.get("max_new_tokens", 0)),
+                          str(self.config.get("prefill", "")))
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of one metric; steps where it is missing or null are left out."""
         pairs = [(m["step"], m[key]) for m in self.metrics if m.get(key) is not None]
         steps, values = zip(*pairs) if pairs else ((), ())
         return np.array(steps, dtype=int), np.array(values, dtype=float)
+
+
+@dataclass(frozen=True, order=True)
+class Experiment:
+    """What the results of one table share: the model, the held-out task, the response budget and the prefill."""
+
+    model: str
+    task: str
+    budget: int
+    prefill: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} · {self.task} · {self.budget}-token budget"
+
+    @staticmethod
+    def of_eval(result: EvalResult) -> "Experiment":
+        return Experiment(result.model, next(iter(result.curves), "?"), int(result.max_new_tokens or 0), result.prefill)
 
 
 @dataclass(frozen=True)
@@ -101,10 +134,12 @@ class Condition:
     regime: Regime
     fixed_length: bool
     lr: float
+    clipped: bool = True
 
     @property
     def label(self) -> str:
-        return style.label(self.regime) + (", fixed length" if self.fixed_length else "")
+        return (style.label(self.regime) + (", fixed length" if self.fixed_length else "")
+                + ("" if self.clipped else ", no clipping"))
 
 
 @dataclass
@@ -115,36 +150,40 @@ class Results:
     runs: list[Run] = field(default_factory=list)
     base: list[EvalResult] = field(default_factory=list)
 
-    def models(self) -> list[str]:
-        return sorted({r.model for r in self.runs} | {b.model for b in self.base})
+    def experiments(self) -> list[Experiment]:
+        """Every experiment with a run or a base evaluation, sorted."""
+        return sorted({r.experiment for r in self.runs} | {Experiment.of_eval(b) for b in self.base})
 
-    def main_lr(self, model: str) -> float:
-        """The learning rate of most of a model's runs: its main grid (the others form a learning-rate sweep)."""
-        lrs = [r.lr for r in self.runs if r.model == model]
+    def models(self) -> list[str]:
+        return sorted({e.model for e in self.experiments()})
+
+    def main_lr(self, exp: Experiment) -> float:
+        """The learning rate of most of an experiment's runs: its main grid (the others form a learning-rate sweep)."""
+        lrs = [r.lr for r in self.runs if r.experiment == exp]
         if not lrs:
             return math.nan
         values, counts = np.unique(lrs, return_counts=True)
         return float(values[np.argmax(counts)])
 
-    def conditions(self, model: str, lr: float | None = None, evaluated: bool = False,
+    def conditions(self, exp: Experiment, lr: float | None = None, evaluated: bool = False,
                    families: tuple[str, ...] | None = None) -> dict[Condition, list[Run]]:
-        """{condition: its runs sorted by seed} for one model, optionally at one lr / only runs with an eval / only
-        regimes of some families (style.family names)."""
+        """{condition: its runs sorted by seed} for one experiment, optionally at one lr / only runs with an eval /
+        only regimes of some families (style.family names)."""
         groups: dict[Condition, list[Run]] = {}
         for run in self.runs:
-            if (run.model == model and (lr is None or run.lr == lr) and (not evaluated or run.eval is not None)
+            if (run.experiment == exp and (lr is None or run.lr == lr) and (not evaluated or run.eval is not None)
                     and (families is None or style.family(run.regime) in families)):
                 groups.setdefault(run.condition, []).append(run)
         return {c: sorted(rs, key=lambda r: r.seed) for c, rs in sorted(groups.items(), key=lambda kv: _order(kv[0]))}
 
-    def base_eval(self, model: str) -> EvalResult | None:
-        """The base model's evaluation at temperature 1 (pure sampling from pi_ref)."""
-        matches = [b for b in self.base if b.model == model and b.temperature == 1.0]
+    def base_eval(self, exp: Experiment) -> EvalResult | None:
+        """The base model's evaluation at temperature 1 (pure sampling from pi_ref) in this experiment."""
+        matches = [b for b in self.base if Experiment.of_eval(b) == exp and b.temperature == 1.0]
         return matches[0] if matches else None
 
-    def base_temperatures(self, model: str) -> list[EvalResult]:
-        """The base model evaluated at token-level temperatures other than 1, coldest last."""
-        return sorted((b for b in self.base if b.model == model and b.temperature != 1.0),
+    def base_temperatures(self, exp: Experiment) -> list[EvalResult]:
+        """The base model evaluated at token-level temperatures other than 1 in this experiment, coldest last."""
+        return sorted((b for b in self.base if Experiment.of_eval(b) == exp and b.temperature != 1.0),
                       key=lambda b: -b.temperature)
 
 
@@ -152,7 +191,7 @@ def _order(c: Condition):
     """Conditions in the paper's order: task reward, sharpening, tempered, tilted, mixed, then the label-free
     signals; fixed length last."""
     rank = list(style.COLORS).index(style.family(c.regime))  # COLORS lists the families in that order
-    return (c.fixed_length, rank, c.regime.alpha, c.regime.beta_inv, c.lr)
+    return (c.fixed_length, not c.clipped, rank, c.regime.alpha, c.regime.beta_inv, c.lr)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -193,7 +232,7 @@ def load_results(root) -> Results:
     for path in sorted(root.rglob("eval.json")):
         if path.parent not in run_dirs and "checkpoints" not in path.parts:
             result = read_eval(path)
-            if result.regime is None:
+            if result.regime is None and result.sampler in ("ancestral", "temperature"):
                 found.base.append(result)
     return found
 
@@ -237,8 +276,23 @@ def stability(run: Run, window: int = WINDOW) -> str:
 # The results table
 # ---------------------------------------------------------------------------------------------------------
 
-TABLE_COLUMNS = ("condition", "seeds", "pass@1", "pass@16", "maj@16", "length", "train r (last 3)", "lp_ref (last 3)",
-                 "unstable")
+TABLE_COLUMNS = ("condition", "seeds", "pass@1 [95% CI]", "pass@k [95% CI]", "maj@k", "length", "cap hit",
+                 "train r (last 3)", "lp_ref (last 3)", "failed", "unstable")
+FAILED_REWARD = 0.05  # docs/preregistration.md: mean training task reward over the last 3 steps below this
+FAILED_DROP = 0.10  # ... or held-out pass@1 below the base model's minus this
+
+
+def failed(run: Run, base_pass1: float | None = None) -> bool:
+    """The pre-registered, regime-agnostic failure rule: a NaN/inf step, a final training task reward (mean of the
+    last 3 steps) below FAILED_REWARD, or held-out pass@1 below the base model's minus FAILED_DROP."""
+    if any(row.get("skipped") for row in run.metrics):
+        return True
+    _, r = run.series("reward/task")
+    if len(r) == 0 or not np.isfinite(r[-3:]).all() or r[-3:].mean() < FAILED_REWARD:
+        return True
+    if run.eval is not None and base_pass1 is not None:
+        return _eval_value(run.eval, "pass@k", 1) < base_pass1 - FAILED_DROP
+    return False
 
 
 def _mean_range(values, digits: int = 3) -> str:
@@ -262,59 +316,101 @@ def _eval_value(result: EvalResult | None, metric: str, k: int):
     return float(values[ks <= k][-1])
 
 
-def table_rows(results: Results, model: str) -> list[list[str]]:
-    """One row per evaluated condition of the model at its main lr (mean and range over seeds), base model first."""
+def pass_matrix(evals: list[EvalResult], k: int = 1, ids: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Per-question pass@k of each evaluation (a seed): ([len(evals), Q], the question ids), over the questions
+    every evaluation holds (or `ids`), in the first one's order. The matrix `sharpening.stats` bootstraps."""
+    from sharpening.llm.evaluation import pass_at_k
+
+    counts = [next(iter(e.counts.values()), {}) for e in evals]
+    if ids is None:
+        ids = [i for i in counts[0] if all(i in c for c in counts[1:])] if counts else []
+    rows = [[pass_at_k(c[i][1], c[i][0], min(k, c[i][1])) for i in ids] for c in counts]
+    return np.array(rows, dtype=float).reshape(len(evals), len(ids)), ids
+
+
+def _ci(evals: list[EvalResult], k: int = 1, ids=None) -> str:
+    """'mean [lo, hi]' of pass@k over seeds x questions (hierarchical bootstrap), or '–'."""
+    from sharpening.stats import mean_ci
+
+    evals = [e for e in evals if e is not None and next(iter(e.counts.values()), None)]
+    if not evals:
+        return "–"
+    y, ids = pass_matrix(evals, k, ids)
+    return mean_ci(y).plain() if y.size else "–"
+
+
+def table_rows(results: Results, exp: Experiment) -> list[list[str]]:
+    """One row per evaluated condition of the experiment at its main lr, base model first: pass@1 and pass@k
+    (k the largest every run has) as mean [95% CI] over seeds x questions; maj@k, length, cap hit as mean (range
+    over seeds); failed runs by the pre-registered rule and unstable ones by `stability`."""
     rows = []
-    bases = [("base model π_ref", results.base_eval(model))]
-    bases += [(f"π_ref, token temperature {b.temperature:g}", b) for b in results.base_temperatures(model)]
-    for label, base in bases:
-        if base is not None:
-            rows.append([label, "–", _mean_range([_eval_value(base, "pass@k", 1)]),
-                         _mean_range([_eval_value(base, "pass@k", 16)]), _mean_range([_eval_value(base, "maj@k", 16)]),
-                         _mean_range([base.mean_length], 1), "–", "–", "–"])
-    for c, runs in results.conditions(model, results.main_lr(model), evaluated=True).items():
+    base = results.base_eval(exp)
+    base_pass1 = _eval_value(base, "pass@k", 1)
+    k = _largest_k(results, exp)
+    bases = [("base model π_ref", base)]
+    bases += [(f"π_ref, token temperature {b.temperature:g}", b) for b in results.base_temperatures(exp)]
+    for label, b in bases:
+        if b is not None:
+            rows.append([label, "–", _ci([b], 1), _ci([b], k), _mean_range([_eval_value(b, "maj@k", k)]),
+                         _mean_range([b.mean_length], 1), _mean_range([next(iter(b.cap_frac.values()), None)], 2),
+                         "–", "–", "–", "–"])
+    for c, runs in results.conditions(exp, results.main_lr(exp), evaluated=True).items():
         labels = [stability(r) for r in runs]
-        rows.append([c.label, str(len(runs)),
-                     _mean_range([_eval_value(r.eval, "pass@k", 1) for r in runs]),
-                     _mean_range([_eval_value(r.eval, "pass@k", 16) for r in runs]),
-                     _mean_range([_eval_value(r.eval, "maj@k", 16) for r in runs]),
+        rows.append([c.label, str(len(runs)), _ci([r.eval for r in runs], 1), _ci([r.eval for r in runs], k),
+                     _mean_range([_eval_value(r.eval, "maj@k", k) for r in runs]),
                      _mean_range([r.eval.mean_length for r in runs], 1),
+                     _mean_range([next(iter(r.eval.cap_frac.values()), None) for r in runs], 2),
                      _mean_range([_last(r, "reward/task") for r in runs], 2),
                      _mean_range([_last(r, "lp_ref/mean") for r in runs], 1),
+                     f"{sum(failed(r, base_pass1) for r in runs)}/{len(runs)}",
                      f"{sum(x in UNSTABLE for x in labels)}/{len(labels)}"])
     return rows
 
 
-def mode_split_rows(results: Results, model: str) -> tuple[list[str], list[list[str]]] | None:
-    """Held-out pass@1 per condition (main lr) on the problems where the base model's mode is wrong, and where
-    it is right. The mode's answer is read from pi_ref at its coldest token temperature: a problem's mode is
-    right when at least half of those samples are correct. Every row uses the same split, so the rows compare
-    fairly (the split is noisy; the base row at temperature 1 shows how noisy). (header, rows); None without a
-    cold evaluation."""
-    colds = results.base_temperatures(model)
-    if not colds or not colds[-1].problems:
+def _largest_k(results: Results, exp: Experiment) -> int:
+    """The largest k of pass@k that every evaluation of the experiment reports."""
+    evals = [r.eval for rs in results.conditions(exp, evaluated=True).values() for r in rs]
+    evals += [b for b in results.base if Experiment.of_eval(b) == exp]
+    ks = [set(int(k) for k in next(iter(e.curves.values()))["pass@k"][0]) for e in evals]
+    return max(set.intersection(*ks)) if ks else 1
+
+
+def read_modes(root) -> dict[str, dict[str, dict]]:
+    """The frozen mode files (experiments/freeze_mode.py) under root: {data set: {question id: record}}."""
+    modes = {}
+    for path in sorted(Path(root).rglob("modes/*.json")):
+        data = json.loads(path.read_text())
+        modes.setdefault(data["dataset"], {}).update({q["id"]: q for q in data["questions"]})
+    return modes
+
+
+def mode_split_rows(results: Results, exp: Experiment, modes: dict[str, dict] | None = None):
+    """Held-out pass@1 [95% CI] per condition (main lr) on the questions where pi_ref's sequence-level mode is
+    wrong, and where it is right, the split read from the frozen mode file (never from the results themselves).
+    (header, rows), or None when no mode file covers the experiment's questions."""
+    modes = read_modes(results.root) if modes is None else modes
+    frozen = modes.get(exp.task, {})
+    base = results.base_eval(exp)
+    held_out = list(next(iter(base.counts.values()), {})) if base is not None else []
+    if not held_out:
+        held_out = [i for rs in results.conditions(exp, evaluated=True).values() for r in rs[:1]
+                    for i in next(iter(r.eval.counts.values()), {})]
+    covered = [i for i in held_out if i in frozen]
+    if not covered:
         return None
-    cold = next(iter(colds[-1].problems.values()))
-    wrong = {i for i, share in cold.items() if share < 0.5}
-    right = set(cold) - wrong
-
-    def split(result: EvalResult | None):
-        shares = next(iter(result.problems.values()), {}) if result is not None else {}
-        if not set(cold) <= set(shares):
-            return None, None
-        return (float(np.mean([shares[i] for i in wrong])) if wrong else None,
-                float(np.mean([shares[i] for i in right])) if right else None)
-
-    colds_label = f"π_ref, token temperature {colds[-1].temperature:g} (defines the split)"
+    wrong = [i for i in covered if not frozen[i]["mode_correct"]]
+    right = [i for i in covered if frozen[i]["mode_correct"]]
     rows = []
-    for label, base in [("base model π_ref", results.base_eval(model)), (colds_label, colds[-1])]:
-        w, r = split(base)
-        rows.append([label, "–", _mean_range([w]), _mean_range([r])])
-    for c, runs in results.conditions(model, results.main_lr(model), evaluated=True).items():
-        pairs = [split(run.eval) for run in runs]
-        rows.append([c.label, str(len(runs)), _mean_range([w for w, _ in pairs]), _mean_range([r for _, r in pairs])])
-    header = ["condition", "seeds", f"pass@1 where the mode is wrong ({len(wrong)} problems)",
-              f"pass@1 where the mode is right ({len(right)} problems)"]
+    for label, b in [("base model π_ref", base)] + [(f"π_ref, token temperature {t.temperature:g}", t)
+                                                    for t in results.base_temperatures(exp)]:
+        if b is not None:
+            rows.append([label, "–", _ci([b], 1, wrong) if wrong else "–", _ci([b], 1, right) if right else "–"])
+    for c, runs in results.conditions(exp, results.main_lr(exp), evaluated=True).items():
+        evals = [r.eval for r in runs]
+        rows.append([c.label, str(len(runs)), _ci(evals, 1, wrong) if wrong else "–",
+                     _ci(evals, 1, right) if right else "–"])
+    header = ["condition", "seeds", f"pass@1 where the mode is wrong ({len(wrong)} questions)",
+              f"pass@1 where the mode is right ({len(right)} questions)"]
     return header, rows
 
 
@@ -322,22 +418,44 @@ def _markdown_table(header, rows) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def experiment_note(results: Results, exp: Experiment) -> str:
+    """What an experiment's folder says of it (experiment.json: {"label": ...}), e.g. that it is a pilot."""
+    notes = set()
+    for run in results.runs:
+        if run.experiment == exp:
+            for folder in (run.path.parent, run.path.parent.parent):
+                if (folder / "experiment.json").is_file():
+                    notes.add(json.loads((folder / "experiment.json").read_text()).get("label", ""))
+    return "; ".join(sorted(n for n in notes if n))
+
+
 def results_markdown(results: Results) -> str:
-    """The results table of every model as Markdown (figures/llm_results.md)."""
+    """The results tables as Markdown (figures/llm_results.md): one section per experiment, never mixed."""
     lines = ["# LLM results", "",
-             f"Drawn from `{results.root}` by `sharpening figures --only llm_results`. Per condition: mean over seeds "
-             "(range in brackets) of the held-out pass@1, pass@16, maj@16 and response length (tokens) after "
-             "training, the training task reward and lp_ref (nats per response) over the last 3 steps, and the "
-             f"runs labelled unstable (oscillating, collapsed or diverged in their first {WINDOW} steps; "
-             "sharpening/figures/llm_runs.py). Conditions at each model's main learning rate.", ""]
-    for model in results.models():
-        lr = results.main_lr(model) if any(r.model == model for r in results.runs) else math.nan
-        lines += [f"## {model}" + ("" if math.isnan(lr) else f" (lr {lr:g})"), ""]
-        lines += _markdown_table(TABLE_COLUMNS, table_rows(results, model)) + [""]
-        split = mode_split_rows(results, model)
+             f"Drawn from `{results.root}` by `sharpening figures --only llm_results`. One section per experiment "
+             "(model, held-out task, response budget): results of different experiments never share a table. Per "
+             "condition at the experiment's main learning rate: held-out pass@1 and pass@k as mean [95% CI] over "
+             "seeds x questions (hierarchical bootstrap, sharpening/stats.py); maj@k, response length (tokens), the "
+             "share of responses cut at the budget, the training task reward and lp_ref (nats per response) over "
+             "the last 3 steps as mean (range over seeds); runs that failed by the pre-registered rule "
+             "(docs/preregistration.md) and runs labelled unstable (oscillating, collapsed or diverged in their "
+             f"first {WINDOW} steps; sharpening/figures/llm_runs.py). maj@k of evaluations without per-sample "
+             "answers is under the abstaining rule (no-answer samples do not vote).", ""]
+    for exp in results.experiments():
+        lr = results.main_lr(exp)
+        note = experiment_note(results, exp)
+        lines += [f"## {exp.label}" + ("" if math.isnan(lr) else f" (lr {lr:g})") + (f": {note}" if note else ""), ""]
+        lines += _markdown_table(TABLE_COLUMNS, table_rows(results, exp)) + [""]
+        split = mode_split_rows(results, exp)
         if split is not None:
-            lines += [f"### {model}: where the base model's mode is wrong", "",
-                      "Held-out pass@1 on the problems where π_ref's mode answers wrongly and where it answers "
-                      "rightly (`llm_runs.mode_split_rows`).", ""]
+            lines += [f"### {exp.label}: where the base model's mode is wrong", "",
+                      "Held-out pass@1 [95% CI] on the questions where π_ref's sequence-level mode answers wrongly "
+                      "and where it answers rightly, the split read from the frozen mode file "
+                      "(results/modes/, experiments/freeze_mode.py)." + (
+                          " Exploratory for this experiment: the split was not pre-registered for it." if note else ""),
+                      ""]
             lines += _markdown_table(*split) + [""]
+        from sharpening.figures.claims import claims_markdown
+
+        lines += claims_markdown(results, exp, exploratory=bool(note))
     return "\n".join(lines)

@@ -39,6 +39,11 @@ class EvalResult:
     lengths: dict[str, float] = field(default_factory=dict)  # mean response length (tokens) per data set
     temperature: float = 1.0  # the sampling temperature of the evaluation
     problems: dict[str, dict[str, float]] = field(default_factory=dict)  # per data set {problem id: share correct}
+    counts: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)  # per data set {id: (correct, n)}
+    max_new_tokens: int | None = None  # the response budget of the evaluation
+    prefill: str = ""
+    sampler: str = "ancestral"  # how the responses were drawn (`llm eval --sampler`)
+    cap_frac: dict[str, float] = field(default_factory=dict)  # per data set: share of responses cut at the budget
 
     @property
     def mean_length(self) -> float:
@@ -64,8 +69,11 @@ def read_eval(path) -> EvalResult:
         regime = None if data["regime"] is None else Regime.from_spec(data["regime"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: bad regime {data['regime']!r}: {err}") from err
+    sampler = data.get("sampler") or {}
     result = EvalResult(str(path), str(data["run"]), regime, data.get("step"), model=str(data.get("model", "")),
-                        temperature=float(data.get("temperature") or 1.0))
+                        temperature=float(data.get("temperature") or 1.0), max_new_tokens=data.get("max_new_tokens"),
+                        prefill=str(data.get("prefill") or ""),
+                        sampler=str(sampler.get("name", "ancestral")) if isinstance(sampler, dict) else str(sampler))
     if not isinstance(data["datasets"], dict) or not data["datasets"]:
         raise ValueError(f"{path}: 'datasets' must be a non-empty {{name: results}} object")
     for name, scores in data["datasets"].items():
@@ -83,7 +91,11 @@ def read_eval(path) -> EvalResult:
             result.curves[name][metric] = (k, value)
         if isinstance(scores.get("mean_length"), (int, float)):
             result.lengths[name] = float(scores["mean_length"])
+        for key in ("cap_frac", "cap_hit_frac"):  # the share of responses cut at the budget, when recorded
+            if isinstance(scores.get(key), (int, float)):
+                result.cap_frac[name] = float(scores[key])
         try:
+            result.counts[name] = {str(p["id"]): (int(p["correct"]), int(p["n"])) for p in scores.get("problems", [])}
             result.problems[name] = {str(p["id"]): p["correct"] / p["n"] for p in scores.get("problems", [])}
         except (KeyError, TypeError, ZeroDivisionError) as err:
             raise ValueError(f"{path}: datasets.{name}.problems must be a list of {{id, correct, n > 0}}, "

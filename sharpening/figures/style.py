@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window: `make figures` runs on headless machines
 
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import matplotlib.colors  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -96,6 +97,13 @@ def line(regime: Regime | None = None, omit: tuple[str, ...] = (), **overrides) 
         kw["linestyle"] = DASHES.get(regime.beta_inv, "-.")
     kw.update(overrides)
     return kw
+
+
+def shade(color: str, amount: float) -> str:
+    """The colour mixed toward white (amount > 0) or black (amount < 0) by |amount| in [0, 1]."""
+    rgb = np.array(matplotlib.colors.to_rgb(color))
+    target = np.ones(3) if amount > 0 else np.zeros(3)
+    return matplotlib.colors.to_hex(rgb + abs(amount) * (target - rgb))
 
 
 def apply() -> None:

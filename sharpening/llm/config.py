@@ -97,7 +97,7 @@ class TrainConfig:
     warmup_steps: int = 50
     """Steps of the linear warmup from warmup_start * lr to lr."""
     max_grad_norm: float = 1.0
-    """Gradient clipping threshold on the global norm."""
+    """Gradient clipping threshold on the global norm; .inf (YAML) turns clipping off, the norm is still logged."""
     is_cap: typing.Optional[float] = None
     """Cap of the truncated importance weight min(pi_theta / pi_engine, is_cap); None = off."""
     lp_old_source: str = "trainer"
@@ -134,14 +134,16 @@ class TrainConfig:
         self.regime = parse_regime(self.regime)
         for f in dataclasses.fields(self):  # NaN passes every comparison below (nan < 0 is False): refuse it first
             value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
+            if isinstance(value, float) and not math.isfinite(value) and not (f.name == "max_grad_norm" and value > 0):
                 raise ValueError(f"{f.name}={value!r} must be a finite number")
         positive = ("prompts_per_step", "max_new_tokens", "steps", "micro_batch_size", "max_bad_steps",
                     "keep_checkpoints", "eval_n", "gen_batch_size")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 1")
-        for name in ("save_every", "eval_every", "warmup_steps", "lr", "weight_decay", "max_grad_norm"):
+        if not self.max_grad_norm > 0:  # clip_grad_norm_ at 0 zeroes every update: training that does nothing
+            raise ValueError(f"max_grad_norm={self.max_grad_norm!r} must be > 0 (.inf: no clipping)")
+        for name in ("save_every", "eval_every", "warmup_steps", "lr", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
         if self.group_size < 2:
