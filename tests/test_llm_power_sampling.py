@@ -60,9 +60,12 @@ def plain_logits(model, ids):
 
 @pytest.mark.slow
 @pytest.mark.llm
-def test_proposals_carry_the_models_log_probs_at_both_temperatures(model_and_tokenizer):
+@pytest.mark.parametrize("reuse", [False, True])
+def test_proposals_carry_the_models_log_probs_at_both_temperatures(model_and_tokenizer, reuse):
     """Suffixes proposed after kept prefixes of different lengths (0, 2, 5, 3 tokens): each token's lp is
-    log softmax(logits) and lq is log softmax(logits / tau) of a plain forward pass of prompt + kept + suffix."""
+    log softmax(logits) and lq is log softmax(logits / tau) of a plain forward pass of prompt + kept + suffix.
+    reuse: the proposer keeps the first proposals' keys and values and feeds the model only the last kept token
+    of each row (counted), instead of re-reading every kept token."""
     from sharpening.llm.power_sampling import HFProposer
     from sharpening.llm.rollout import HFEngine
 
@@ -73,13 +76,18 @@ def test_proposals_carry_the_models_log_probs_at_both_temperatures(model_and_tok
     tau, g = 0.25, torch.Generator().manual_seed(0)
     chain_prompt = torch.tensor([0, 0, 1, 1])
     with torch.no_grad():
-        proposer = HFProposer(model, enc.input_ids, enc.attention_mask, chain_prompt, engine.eos_ids, tau)
+        proposer = HFProposer(model, enc.input_ids, enc.attention_mask, chain_prompt, engine.eos_ids, tau,
+                              max_new_tokens=8 if reuse else None)
         rows = torch.arange(4)
         first = proposer.extend(rows, torch.zeros(4, 8, dtype=torch.long), torch.zeros(4, dtype=torch.long), 6, g)
         tokens = torch.zeros(4, 8, dtype=torch.long)
         tokens[:, :first.tokens.shape[1]] = first.tokens
         keep = torch.minimum(torch.tensor([0, 2, 5, 3]), first.length - 1)
+        before = proposer.fed_tokens
         suffix = proposer.extend(rows, tokens, keep, 8, g)
+        # the model ran the kept tokens (all, or the last of each row with reuse), then every new token but the last
+        kept_run = int((keep > 0).sum()) if reuse else int(keep.sum())
+        assert proposer.fed_tokens - before == kept_run + int((suffix.length - 1).sum())
     for c in range(4):
         prompt = enc.input_ids[chain_prompt[c]][enc.attention_mask[chain_prompt[c]] > 0].tolist()
         n = int(suffix.length[c])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -157,32 +158,46 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
               "maj_label": maj_label(maj_rule), "lp_ref": None if lp_ref is None else "engine" if lp_ref == "engine"
               else "reference model", "datasets": {}}
     rank, world_size = (ranks.rank, ranks.world_size) if ranks is not None else (0, 1)
-    for name, items in datasets.items():
-        starts = range(0, len(items), per_call)
-        rows, mine = [], {}  # mine: this rank's rows, by the start of their call
-        bar = tqdm(total=len(items), desc=f"eval {name}", unit="problem", disable=rank != 0)
-        for start in starts[rank::world_size]:
-            chunk = items[start:start + per_call]
-            prompts = [format_prompt(tokenizer, p.problem, template, prefill) for p in chunk]
-            call_seed = None if seed is None else seed + start
-            roll = engine.generate(prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_p=top_p, ignore_eos=False, seed=call_seed)
-            texts = [prefill + t for t in roll.texts]  # [len(chunk) * n], prompt-major
-            lengths = _lengths(roll, texts, tokenizer)
-            costs = _costs(roll, lengths)
-            finish, lp = _finish(roll), _lp_ref(roll, lp_ref)
-            mine[start] = [{**score_problem(p, texts[i * n:(i + 1) * n], lengths[i * n:(i + 1) * n], ks, subsets,
-                                            seed, graders, finish[i * n:(i + 1) * n], lp[i * n:(i + 1) * n], maj_rule),
-                            **{k: _mean(v[i * n:(i + 1) * n]) for k, v in costs.items()}}
-                           for i, p in enumerate(chunk)]
-            rows += mine[start]
-            bar.update(len(chunk) * world_size)  # the other ranks work on as many
-            bar.set_postfix({"pass@1": f"{np.mean([r['pass@k']['1'] for r in rows]):.3f}"})
-        bar.close()
-        if world_size > 1:
-            every = {k: v for part in ranks.all_gather(mine) for k, v in part.items()}
-            rows = [row for start in starts for row in every[start]]
-        result["datasets"][name] = summarize(rows, ks)
+    def score_call(chunk, roll, lp):  # one engine call's problems -> their rows
+        texts = [prefill + t for t in roll.texts]  # [len(chunk) * n], prompt-major
+        lengths = _lengths(roll, texts, tokenizer)
+        costs = _costs(roll, lengths)
+        finish = _finish(roll)
+        return [{**score_problem(p, texts[i * n:(i + 1) * n], lengths[i * n:(i + 1) * n], ks, subsets, seed, graders,
+                                 finish[i * n:(i + 1) * n], lp[i * n:(i + 1) * n], maj_rule),
+                 **{k: _mean(v[i * n:(i + 1) * n]) for k, v in costs.items()}} for i, p in enumerate(chunk)]
+
+    # grading overlaps sampling: a call's answers are graded in a thread (the guarded grader then runs them in its
+    # helper process, on the other core) while the engine samples the next call's. Model calls (the engine, the
+    # reference's lp_ref) stay in this thread.
+    with ThreadPoolExecutor(1, thread_name_prefix="grade") as grader:
+        for name, items in datasets.items():
+            starts = range(0, len(items), per_call)
+            rows, mine, pending = [], {}, []  # mine: this rank's rows, by the start of their call
+            bar = tqdm(total=len(items), desc=f"eval {name}", unit="problem", disable=rank != 0)
+
+            def collect(start, graded):
+                mine[start] = graded.result()
+                rows.extend(mine[start])
+                bar.update(len(mine[start]) * world_size)  # the other ranks work on as many
+                bar.set_postfix({"pass@1": f"{np.mean([r['pass@k']['1'] for r in rows]):.3f}"})
+
+            for start in starts[rank::world_size]:
+                chunk = items[start:start + per_call]
+                prompts = [format_prompt(tokenizer, p.problem, template, prefill) for p in chunk]
+                call_seed = None if seed is None else seed + start
+                roll = engine.generate(prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                                       top_p=top_p, ignore_eos=False, seed=call_seed)
+                pending.append((start, grader.submit(score_call, chunk, roll, _lp_ref(roll, lp_ref))))
+                while len(pending) > 1:  # at most one call waits for its grades
+                    collect(*pending.pop(0))
+            for call in pending:
+                collect(*call)
+            bar.close()
+            if world_size > 1:
+                every = {k: v for part in ranks.all_gather(mine) for k, v in part.items()}
+                rows = [row for start in starts for row in every[start]]
+            result["datasets"][name] = summarize(rows, ks)
     result = strict_json(result)
     if out is not None and rank == 0:
         write_json(out, result)  # strict JSON: a non-finite score is null, never a bare NaN

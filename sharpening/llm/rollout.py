@@ -81,11 +81,12 @@ def response_logprobs(model, roll: Rollout, rows=slice(None), share_prompt: bool
     return torch.cat(logp, 1).masked_fill(mask == 0, 0.0)  # not * mask: a -inf log-prob times 0 is NaN
 
 
-def sample_next(logits, temperature: float = 1.0, top_p: float = 1.0, generator=None):
+def sample_next(logits, temperature: float = 1.0, top_p: float = 1.0, generator=None, u=None):
     """One token per row from softmax(logits / temperature), restricted to the top-p nucleus. logits: [B, V].
 
     Inverse-CDF sampling: one uniform per row against the cumulative probabilities (float64). Exact, and
     several times cheaper than torch.multinomial, which draws one exponential per vocabulary entry.
+    u: the rows' uniforms in [0, 1), [B, 1] float64 (default: drawn here from `generator`).
     """
     probs = torch.softmax(logits / temperature, -1)
     if top_p < 1.0:
@@ -95,7 +96,9 @@ def sample_next(logits, temperature: float = 1.0, top_p: float = 1.0, generator=
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     cdf = probs.double().cumsum(-1)  # [B, V]
     total = cdf[:, -1:]
-    u = torch.rand(total.shape, dtype=cdf.dtype, device=cdf.device, generator=generator) * total
+    if u is None:
+        u = torch.rand(total.shape, dtype=cdf.dtype, device=cdf.device, generator=generator)
+    u = u * total
     u = torch.minimum(u, total.nextafter(torch.zeros_like(total)))  # u < total even after rounding
     return torch.searchsorted(cdf, u, right=True).squeeze(-1)  # first token whose cdf exceeds u: [B]
 
@@ -153,35 +156,55 @@ class HFEngine:
 
     def _sample(self, prompt_ids, prompt_mask, n, max_new_tokens, temperature, top_p, ignore_eos, generator):
         """The decoding loop for n samples of each of a chunk's prompts (prefilled once, their KV cache then
-        repeated n times): returns tokens, mask, lp_old_tok [b, T] and truncated [b], b = n * len(prompt_ids)."""
-        budget = (max_new_tokens if self.max_total_tokens is None else  # response tokens each row may add: [b]
+        repeated n times): returns tokens, mask, lp_old_tok [b, T] and truncated [b], b = n * len(prompt_ids).
+
+        A finished row leaves the batch (and its keys and values the cache), so the last steps cost what their
+        live rows cost, not the whole chunk's. Each step still draws one uniform for every row of the chunk, in
+        row order, so a row's tokens are those of a run that kept every row (the seed -> sample map does not
+        depend on when the other rows finish; the logits of a smaller batch differ only by float rounding).
+        lockstep keeps every row in the batch to the last step (finished ones masked).
+        """
+        dev = prompt_ids.device
+        b = prompt_ids.shape[0] * n
+        budget = (torch.full((b,), max_new_tokens, device=dev) if self.max_total_tokens is None else  # tokens each row may add
                   (self.max_total_tokens - prompt_mask.sum(-1)).clamp(min=1, max=max_new_tokens).repeat_interleave(n))
         pos = position_ids(prompt_mask)
         out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos,
                          past_key_values=new_cache(self.model), use_cache=True, logits_to_keep=1)
-        out.past_key_values.batch_repeat_interleave(n)
-        out.logits = out.logits.repeat_interleave(n, 0)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)
+        logits = out.logits[:, -1].float().repeat_interleave(n, 0)  # [b, V]
         attn, pos = prompt_mask.repeat_interleave(n, 0), pos[:, -1:].repeat_interleave(n, 0)
-        b = attn.shape[0]
-        done = torch.zeros(b, dtype=torch.bool, device=attn.device)  # stopped by EOS or by the budget
-        ended = torch.zeros_like(done)  # stopped by EOS
-        tokens, mask, lp_old = [], [], []
+        tokens = torch.full((b, max_new_tokens), self.pad_id, dtype=torch.long, device=dev)
+        mask, lp_old = torch.zeros(b, max_new_tokens, device=dev), torch.zeros(b, max_new_tokens, device=dev)
+        ended = torch.zeros(b, dtype=torch.bool, device=dev)  # stopped by EOS
+        done = ended.clone()  # stopped by EOS or by the budget
+        live = torch.arange(b, device=dev)  # the rows in the batch (all of them under lockstep)
+        eos_ids = self.eos_ids.to(dev)
         for t in range(max_new_tokens):
-            logits = out.logits[:, -1].float()  # [b, V]
-            y = sample_next(logits, temperature, top_p, generator)  # [b]
-            lp = token_logprobs(logits, y)  # log pi_theta(y)
-            tokens.append(torch.where(done, self.pad_id, y))
-            mask.append((~done).float())
-            lp_old.append(lp.masked_fill(done, 0.0))
+            u = torch.rand((b, 1), dtype=torch.float64, device=dev, generator=generator)[live]  # every row's uniform
+            y = sample_next(logits, temperature, top_p, u=u)  # [a]
+            going = ~done[live]  # rows of the batch still writing (under lockstep finished rows stay, masked)
+            rows = live[going]
+            tokens[rows, t] = y[going]
+            mask[rows, t] = 1.0
+            lp_old[rows, t] = token_logprobs(logits[going], y[going])  # log pi_theta(y)
             if not ignore_eos:
-                ended = ended | (~done & torch.isin(y, self.eos_ids.to(y.device)))
+                ended[rows] = torch.isin(y[going], eos_ids)
             done = ended | (t + 1 >= budget)
             if (done.all() and not self.lockstep) or t == max_new_tokens - 1:
                 break
-            attn, pos = torch.cat([attn, attn.new_ones(b, 1)], 1), pos + 1
-            out = self.model(input_ids=y[:, None], attention_mask=attn, position_ids=pos,
-                             past_key_values=out.past_key_values, use_cache=True)
-        return torch.stack(tokens, 1), torch.stack(mask, 1), torch.stack(lp_old, 1), ~ended
+            if not self.lockstep and done[live].any():  # drop the finished rows from the batch and the cache
+                keep = torch.nonzero(~done[live])[:, 0]
+                live, y, attn, pos = live[keep], y[keep], attn[keep], pos[keep]
+                for layer in cache.layers:
+                    layer.keys, layer.values = layer.keys.index_select(0, keep), layer.values.index_select(0, keep)
+            attn, pos = torch.cat([attn, attn.new_ones(len(live), 1)], 1), pos + 1
+            out = self.model(input_ids=y[:, None], attention_mask=attn, position_ids=pos, past_key_values=cache,
+                             use_cache=True)
+            logits = out.logits[:, -1].float()
+        T = t + 1
+        return tokens[:, :T], mask[:, :T], lp_old[:, :T], ~ended
 
 
 def _pad_right(x, T: int, value):
