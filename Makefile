@@ -42,4 +42,6 @@ evidence-grid:  ## the pre-registered grid v2 (configs/cpu/evidence/grid.yaml) -
 	for i in $$(seq $(GRID_RUNNERS)); do (cd $(GRID_TREE) && OMP_NUM_THREADS=1 nice -n 10 $(PY) bench/cpu_grid.py \
 		--grid configs/cpu/evidence/grid.yaml --results $(CURDIR)/$(EVIDENCE) && \
 		OMP_NUM_THREADS=1 nice -n 10 $(PY) bench/cpu_grid.py --grid configs/cpu/evidence/claim8.yaml \
-		--results $(CURDIR)/results/evidence/claim8) & done; wait
+		--results $(CURDIR)/results/evidence/claim8 && \
+		OMP_NUM_THREADS=1 nice -n 10 $(PY) bench/cpu_grid.py --grid configs/cpu/evidence/task_b_grid.yaml \
+		--results $(CURDIR)/results/evidence/task_b) & done; wait

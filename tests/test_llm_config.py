@@ -166,7 +166,7 @@ def test_clipping_at_inf_leaves_the_gradient_unchanged():
 
 
 def test_the_second_tasks_base_config_differs_from_grid_v2s_in_the_task_only():
-    grid, task2 = (load_config(CONFIGS / "cpu" / p) for p in ("evidence/base.yaml", "grid2/base_task2.yaml"))
+    grid, task2 = (load_config(CONFIGS / "cpu" / p) for p in ("evidence/base.yaml", "evidence/task_b.yaml"))
     changed = {k for k, v in task2.to_dict().items() if grid.to_dict()[k] != v}
     assert changed == {"out_dir", "dataset", "template", "prefill", "eval_datasets"}
     assert (task2.dataset, task2.template, task2.prefill) == ("synthetic:add3", "partial_sums", "")
