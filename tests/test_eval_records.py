@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sharpening.llm.data import Problem, synthetic_problems
-from sharpening.llm.evaluation import (evaluate, format_table, grader_table, maj_at_k, rescore_result,
-                                       strict_json)
+from sharpening.llm.evaluation import evaluate, format_table, grader_table, maj_at_k, rescore_result
+from sharpening.llm.runs import finite_or_null as strict_json
 
 
 def plain_sequence_logprob(model, roll, i):

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from sharpening.llm.data import BENCHMARKS, PAPER_TEMPLATE, TEMPLATES, Problem, format_prompt, load_problems
 from sharpening.llm.grading import GRADERS, final_answer, grade, grade_paper
-from sharpening.llm.runs import RunFolder, check_writable, read_json, write_json
+from sharpening.llm.runs import RunFolder, check_writable, finite_or_null, read_json, write_json
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
 SAMPLERS = ("ancestral", "temperature", "power")
@@ -198,21 +198,10 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
                 every = {k: v for part in ranks.all_gather(mine) for k, v in part.items()}
                 rows = [row for start in starts for row in every[start]]
             result["datasets"][name] = summarize(rows, ks)
-    result = strict_json(result)
+    result = finite_or_null(result)  # strict JSON: a non-finite score is null, never a bare NaN
     if out is not None and rank == 0:
         write_json(out, result)  # strict JSON: a non-finite score is null, never a bare NaN
     return result
-
-
-def strict_json(value):
-    """value with every non-finite float (a NaN acceptance rate, an -inf log-prob) as None: JSON has no NaN."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
 
 
 def _finish(roll) -> list[str | None]:
