@@ -219,7 +219,9 @@ def test_the_vllm_engine_serves_the_current_adapter_after_every_step(tmp_path):
     policy = apply_lora(tiny_llama(), LoraSettings(r=2))
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
     backend = Backend()
-    engine = VLLMEngine("unused", CharTokenizer(), backend=backend, lora_rank=2)
+    with pytest.raises(ValueError, match="sleep_level=2 discards the base weights"):  # the base must survive a sleep
+        VLLMEngine("unused", CharTokenizer(), backend=backend, lora_rank=2, sleep_level=2)
+    engine = VLLMEngine("unused", CharTokenizer(), backend=backend, lora_rank=2, sleep_level=1)  # as vllm_settings
     engine.track(opt)
     engine.generate(["ab"], n=2, max_new_tokens=3)  # step 1 samples the base: B = 0, no adapter to serve yet
     served = []
