@@ -98,7 +98,7 @@ def test_pass_at_k_reads_every_eval_json(tmp_path):
 
 
 @pytest.mark.parametrize("content, complaint", [
-    ("{not json", "cannot read"),
+    ("{not json", "not valid JSON"),
     ('{"run": "x", "regime": null}', "missing key 'datasets'"),
     ('{"run": "x", "regime": {"mode": "nope"}, "datasets": {"d": {}}}', "bad regime"),
     ('{"run": "x", "regime": null, "datasets": {"d": {"pass@k": {"one": 1}, "maj@k": {"1": 1}}}}', "pass@k"),
