@@ -41,7 +41,9 @@ def test_the_committed_run_reproduces_bit_for_bit(tmp_path):
         assert all(k in out for k in differs), out
         pytest.skip(f"this machine differs from the recorded run in {differs}: bit-identity is not expected here")
     assert res.returncode == 0, res.stdout + res.stderr[-2000:]
-    assert out.startswith(f"bit-identical: 2 steps and the final evaluation of {run_dir}")
+    # the re-run's own progress lines come first; the verdict is its own line
+    assert any(line.startswith(f"bit-identical: 2 steps and the final evaluation of {run_dir}")
+               for line in out.splitlines()), out
 
 
 def test_a_changed_thread_count_is_found_and_named_as_the_cause():
