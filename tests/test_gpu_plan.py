@@ -119,8 +119,10 @@ def test_memory_estimate_by_hand():
 def test_vllm_settings_bound_the_context_to_the_run():
     config = paper_config(QWEN3_4B, 64, 4096, 1000, 4)
     settings = dist_plan.vllm_settings(config, world_size=8)  # no GPU here: sized for an 80 GB H100 (79.2 GiB)
-    assert settings == {"max_model_len": 2048 + 4096,
+    assert settings == {"max_model_len": 2048 + 4096, "sleep_level": 2,  # full training: weights discarded
                         "gpu_memory_utilization": plan(config, 8).vllm_gpu_memory_utilization}
+    # LoRA sleeps at level 1: its weight sync sends the adapter only, so the base must survive the sleep
+    assert dist_plan.vllm_settings({**config, "lora": {"r": 16}}, world_size=8)["sleep_level"] == 1
     m = plan(config, 8).memory
     assert settings["gpu_memory_utilization"] == pytest.approx(
         (m["vllm_weights"] + m["vllm_buffers"] + m["kv_cache"]) / 79.2, abs=0.002)

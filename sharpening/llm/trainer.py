@@ -212,7 +212,7 @@ class Trainer:
             held = self.run.parts_of_a_run()
             if held:
                 raise runs.RunFolderError(f"{self.run_dir} already holds a run ({', '.join(held)}); pass --resume "
-                                          "to continue it, or choose another run_name")
+                                          "(or resume=true) to continue it, or choose another run_name")
             self.run.start(cfg.to_dict(), env)
         else:
             latest = latest_checkpoint(self.run_dir)
