@@ -351,3 +351,27 @@ def test_claim_1_is_scored_on_the_frozen_mode_wrong_questions_with_its_verdict(t
     assert out["verdict"] == "confirmed" and out["questions"] == 2
     claim5 = next(c for c in COMPARISONS if c.claim == "5")  # no tilted or tempered runs: reported, not dropped
     assert compare(results, Experiment("smollm2", "d", 0), claim5)["note"] == "not run"
+
+
+def test_claim_2a_compares_per_question_lengths_from_the_records(tmp_path):
+    from sharpening.figures.claims import COMPARISONS, compare
+    from sharpening.figures.llm_runs import Experiment
+
+    def add_records(folder, lengths):  # per-sample records: 4 samples per question, all of one length
+        path = folder / "eval.json"
+        data = json.loads(path.read_text())
+        for p in data["datasets"]["d"]["problems"]:
+            p["samples"] = [{"length": lengths[p["id"]], "correct": 0} for _ in range(4)]
+        path.write_text(json.dumps(data))
+
+    for seed in (1, 2):
+        add_records(write_run(tmp_path / f"t{seed}", "task_reward", [{}], seed=seed, eval_pass=0.5,
+                              problems={"a": 2, "b": 2}), {"a": 30, "b": 20})
+        add_records(write_run(tmp_path / f"s{seed}", "sharpening", [{}], seed=seed, eval_pass=0.5,
+                              problems={"a": 2, "b": 2}), {"a": 10, "b": 12})
+    claim = next(c for c in COMPARISONS if c.claim == "2a")
+    out = compare(load_results(tmp_path), Experiment("smollm2", "d", 0), claim)
+    # per-question differences -20 (a) and -8 (b), the same in every seed: the mean is -14 and a resample of the
+    # two questions can only give -20, -14 or -8
+    assert out["estimate"].value == pytest.approx(-14.0) and out["questions"] == 2
+    assert -20.0 <= out["estimate"].lo <= out["estimate"].hi <= -8.0 and out["verdict"] == "confirmed"

@@ -96,11 +96,17 @@ def compare(results: Results, exp: Experiment, c: Comparison, modes=None) -> dic
     ea, eb = _evals(results, exp, c.a), _evals(results, exp, c.b)
     if not ea or not eb:
         return {"estimate": None, "note": "not run"}
-    if c.metric == "length":  # per-seed mean lengths: the committed evaluations hold no per-question lengths
-        ya, yb = (np.array([[e.mean_length] for e in es]) for es in (ea, eb))
+    if c.metric == "length":
+        lengths = [next(iter(e.question_lengths.values()), {}) for e in ea + eb]
+        ids = [i for i in lengths[0] if all(i in q for q in lengths[1:])]
+        if ids:  # per-question mean lengths from the per-sample records: seeds x questions, paired
+            ya, yb = (np.array([[q[i] for i in ids] for q in part]) for part in (lengths[:len(ea)], lengths[len(ea):]))
+            questions = len(ids)
+        else:  # evaluations without records: each seed's mean length, seeds only
+            ya, yb = (np.array([[e.mean_length] for e in es]) for es in (ea, eb))
+            questions = "seed means"
         est = bootstrap([ya, yb], [1.0, -1.0], level=c.level)
-        return {"estimate": est, "verdict": verdict(est, c.sign), "seeds": (len(ea), len(eb)),
-                "questions": "seed means"}
+        return {"estimate": est, "verdict": verdict(est, c.sign), "seeds": (len(ea), len(eb)), "questions": questions}
     k = int(c.metric.removeprefix("pass@"))
     _, ids = pass_matrix(ea + eb, k)
     if c.subset == "mode_wrong":

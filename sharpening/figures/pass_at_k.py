@@ -41,6 +41,7 @@ class EvalResult:
     temperature: float = 1.0  # the sampling temperature of the evaluation
     problems: dict[str, dict[str, float]] = field(default_factory=dict)  # per data set {problem id: share correct}
     counts: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)  # per data set {id: (correct, n)}
+    question_lengths: dict[str, dict[str, float]] = field(default_factory=dict)  # {id: mean tokens}, from records
     max_new_tokens: int | None = None  # the response budget of the evaluation
     prefill: str = ""
     sampler: str = "ancestral"  # how the responses were drawn (`llm eval --sampler`)
@@ -99,6 +100,8 @@ def read_eval(path) -> EvalResult:
         try:
             result.counts[name] = {str(p["id"]): (int(p["correct"]), int(p["n"])) for p in scores.get("problems", [])}
             result.problems[name] = {str(p["id"]): p["correct"] / p["n"] for p in scores.get("problems", [])}
+            result.question_lengths[name] = {str(p["id"]): float(np.mean([x["length"] for x in p["samples"]]))
+                                             for p in scores.get("problems", []) if p.get("samples")}
         except (KeyError, TypeError, ZeroDivisionError) as err:
             raise ValueError(f"{path}: datasets.{name}.problems must be a list of {{id, correct, n > 0}}, "
                              f"got {str(scores.get('problems'))[:200]}") from err
