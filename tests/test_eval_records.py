@@ -195,3 +195,26 @@ def test_committed_maj_at_k_without_a_rule_is_labelled_abstaining(tmp_path):
               if line.startswith("| condition")]
     assert header and all("| maj@k (abstaining rule) |" in line for line in header)
 
+
+
+@pytest.mark.llm
+def test_an_eos_ignored_evaluation_runs_every_response_to_the_budget_and_stays_out_of_the_base_rows(tmp_path):
+    from sharpening.figures.llm_runs import load_results
+    from sharpening.llm.models import load_model, load_tokenizer
+    from sharpening.llm.rollout import HFEngine
+
+    engine = HFEngine(load_model("smollm2").eval(), load_tokenizer("smollm2"))
+    problems = {"add": synthetic_problems(2, task="add", seed=11)}
+    out = tmp_path / "fixed" / "eval.json"
+    info = {"run": "base:smollm2", "regime": None, "model": "smollm2"}
+    result = evaluate(engine, problems, n=2, ks=(1,), max_new_tokens=5, prefill="\\boxed{", seed=0,
+                      ignore_eos=True, out=out, info=info)
+    samples = [s for p in result["datasets"]["add"]["problems"] for s in p["samples"]]
+    assert result["ignore_eos"] is True and len(samples) == 4
+    assert all(s["length"] == 5 and s["finish"] == "cap" for s in samples)  # no response stops at EOS
+    assert result["datasets"]["add"]["cap_frac"] == 1.0
+    honoured = evaluate(engine, problems, n=2, ks=(1,), max_new_tokens=5, prefill="\\boxed{", seed=0,
+                        out=tmp_path / "base" / "eval.json", info=info)
+    assert honoured["ignore_eos"] is False
+    base = load_results(tmp_path).base  # the sensitivity evaluation is not the base model's row
+    assert [b.path for b in base] == [str(tmp_path / "base" / "eval.json")]

@@ -249,7 +249,7 @@ def load_results(root) -> Results:
             except ValueError as err:
                 found.skip(f"skipped {path}: {str(err).splitlines()[0]}")
                 continue
-            if result.regime is None and result.sampler in ("ancestral", "temperature"):
+            if result.regime is None and result.sampler in ("ancestral", "temperature") and not result.ignore_eos:
                 found.base.append(result)
     return found
 

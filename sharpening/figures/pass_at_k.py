@@ -46,6 +46,7 @@ class EvalResult:
     prefill: str = ""
     sampler: str = "ancestral"  # how the responses were drawn (`llm eval --sampler`)
     cap_frac: dict[str, float] = field(default_factory=dict)  # per data set: share of responses cut at the budget
+    ignore_eos: bool = False  # every response ran to the budget (the fixed-length sensitivity evaluation)
     maj_rule: str = "abstains"  # maj@k's rule for samples without an answer (evaluation.MAJ_RULES); absent: abstains
 
     @property
@@ -76,7 +77,7 @@ def read_eval(path) -> EvalResult:
                         temperature=float(data.get("temperature") or 1.0), max_new_tokens=data.get("max_new_tokens"),
                         prefill=str(data.get("prefill") or ""),
                         sampler=str(sampler.get("name", "ancestral")) if isinstance(sampler, dict) else str(sampler),
-                        maj_rule=str(data.get("maj_rule") or "abstains"))
+                        maj_rule=str(data.get("maj_rule") or "abstains"), ignore_eos=bool(data.get("ignore_eos", False)))
     if not isinstance(data["datasets"], dict) or not data["datasets"]:
         raise ValueError(f"{path}: 'datasets' must be a non-empty {{name: results}} object")
     for name, scores in data["datasets"].items():

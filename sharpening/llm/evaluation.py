@@ -124,7 +124,8 @@ def maj_at_k(clusters, correct, k: int, subsets: int = SUBSETS, seed: int = 0, n
 def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int = 1024, temperature: float = 1.0,
              top_p: float = 1.0, prefill: str = "", template: str = PAPER_TEMPLATE, tokenizer=None,
              seed: int | None = 0, subsets: int = SUBSETS, prompts_per_call: int | None = None, out=None,
-             info: dict | None = None, ranks=None, graders=("strict",), maj_rule: str = "votes", lp_ref=None) -> dict:
+             info: dict | None = None, ranks=None, graders=("strict",), maj_rule: str = "votes", lp_ref=None,
+             ignore_eos: bool = False) -> dict:
     """Sample n responses per problem and score them: the eval.json dict (see docs/llm_data_eval.md).
 
     engine: anything with generate(prompts, n, max_new_tokens, temperature, top_p, ignore_eos, seed) returning
@@ -142,6 +143,8 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
     every grader's under "by_grader". maj_rule: the rule of the top maj@k (MAJ_RULES; both are under "by_grader").
     lp_ref: None (no lp_ref in the records), "engine" (the evaluated model is pi_ref: the engine's own log-probs
     of the raw logits, rollout.lp_old_tok, are log pi_ref) or a function rollout -> [B] lp_ref per response.
+    ignore_eos: every response runs to max_new_tokens (the fixed-length sensitivity evaluation); recorded as
+    "ignore_eos" in the result, which the tables keep apart from the evaluations that honour EOS.
     """
     if not graders or any(g not in GRADERS for g in graders):
         raise ValueError(f"graders={tuple(graders)!r} must be names among {list(GRADERS)}")
@@ -154,7 +157,8 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
         raise ValueError(f"no k in ks={tuple(ks)} is between 1 and n={n}")
     per_call = prompts_per_call or max(1, 64 // n)  # ~64 sequences per engine call: one batch of HFEngine
     result = {**(info or {}), "n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
-              "prefill": prefill, "seed": seed, "grader": graders[0], "graders": list(graders), "maj_rule": maj_rule,
+              "prefill": prefill, "seed": seed, "ignore_eos": ignore_eos, "grader": graders[0], "graders": list(graders),
+              "maj_rule": maj_rule,
               "maj_label": maj_label(maj_rule), "lp_ref": None if lp_ref is None else "engine" if lp_ref == "engine"
               else "reference model", "datasets": {}}
     rank, world_size = (ranks.rank, ranks.world_size) if ranks is not None else (0, 1)
@@ -187,7 +191,7 @@ def evaluate(engine, problems, n: int = 16, ks=DEFAULT_KS, max_new_tokens: int =
                 prompts = [format_prompt(tokenizer, p.problem, template, prefill) for p in chunk]
                 call_seed = None if seed is None else seed + start
                 roll = engine.generate(prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                                       top_p=top_p, ignore_eos=False, seed=call_seed)
+                                       top_p=top_p, ignore_eos=ignore_eos, seed=call_seed)
                 pending.append((start, grader.submit(score_call, chunk, roll, _lp_ref(roll, lp_ref))))
                 while len(pending) > 1:  # at most one call waits for its grades
                     collect(*pending.pop(0))
@@ -378,6 +382,8 @@ def add_eval_arguments(parser) -> None:
                              "problem), or a string with a {problem} placeholder")
     parser.add_argument("--out", default=None, help="folder for eval.json (default: print only)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--ignore-eos", action="store_true",
+                        help="every response runs to --max-new-tokens (the fixed-length sensitivity evaluation)")
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="hf (CPU/GPU) or vllm (GPU)")
     scoring = parser.add_argument_group("scoring", "graders, the maj@k rule, lp_ref (docs/llm_data_eval.md)")
     scoring.add_argument("--grader", choices=GRADERS, default="strict",
@@ -460,7 +466,7 @@ def run_eval(args) -> int:
     result = evaluate(engine, datasets, n=args.n, ks=ks, max_new_tokens=args.max_new_tokens,
                       temperature=temperature, top_p=args.top_p, prefill=args.prefill, template=args.template,
                       seed=args.seed, out=out, info=info, graders=("paper", "strict") if args.grader == "paper"
-                      else ("strict",), maj_rule=args.maj_rule, lp_ref=_reference(args))
+                      else ("strict",), maj_rule=args.maj_rule, lp_ref=_reference(args), ignore_eos=args.ignore_eos)
     print(format_table(result))
     print(f"{time.time() - t0:.0f} s" + (f"; wrote {out}" if out else ""))
     return 0
