@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from sharpening.messages import first_line  # noqa: F401  (re-exported: sharpening.cli.first_line)
+
 import argparse
 import importlib
 import sys
@@ -34,12 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
             p = sub.add_parser(name, help=f"{help_text} (unavailable: {err})")
             p.set_defaults(func=lambda args, err=err: sys.exit(f"sharpening: {err}"))
     return parser
-
-
-def first_line(err: Exception) -> str:
-    """An error as one line of a user message: Hugging Face's model-loading errors, for one, run to several."""
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def main(argv=None) -> int:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sharpening.cli import first_line
+from sharpening.messages import first_line
 from sharpening.llm.config import write_atomic
 from sharpening.llm.runs import CHECKPOINTS
 

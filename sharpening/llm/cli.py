@@ -51,7 +51,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_train(args) -> int:
-    from sharpening.cli import first_line
+    from sharpening.messages import first_line
     from sharpening.llm.config import load_config
     from sharpening.llm.runs import Interrupted
     from sharpening.llm.trainer import Trainer, TrainingDiverged
@@ -106,7 +106,7 @@ def resume_hint(cfg) -> str:
 
 
 def run_reproduce(args) -> int:
-    from sharpening.cli import first_line
+    from sharpening.messages import first_line
     from sharpening.llm.reproduce import reproduce
     from sharpening.llm.runs import Interrupted
 

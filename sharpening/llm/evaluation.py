@@ -450,7 +450,7 @@ def run_eval(args) -> int:
     try:
         engine = _build_engine(args.engine, model_path, args.seed, args.max_new_tokens, args.max_total_tokens)
     except OSError as err:  # Hugging Face's not-found errors are OSErrors of several lines
-        from sharpening.cli import first_line
+        from sharpening.messages import first_line
 
         raise SystemExit(f"sharpening llm eval: cannot load the model {model_path!r}: {first_line(err)}") from None
     if settings is not None:
@@ -501,7 +501,7 @@ def reference_logprobs(model_path: str, micro_batch_size: int = 16):
     try:
         ref = load_model(model_path).eval().requires_grad_(False)
     except OSError as err:
-        from sharpening.cli import first_line
+        from sharpening.messages import first_line
 
         raise SystemExit(f"sharpening llm eval: cannot load --ref-model {model_path!r}: {first_line(err)}") from None
 
