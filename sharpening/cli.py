@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-from sharpening.messages import first_line  # noqa: F401  (re-exported: sharpening.cli.first_line)
-
 import argparse
 import importlib
 import sys
